@@ -1,0 +1,133 @@
+"""The link protocol between miner-agent and executor-agent.
+
+Newline-delimited JSON over one stream (the executor agent's unix socket, reached
+directly in `local` mode or through an SSH streamlocal channel in `ssh` mode).
+One connection carries any number of jobs.
+
+The job messages themselves are ComputeHorde's own (`V0InitialJobRequest`,
+`V0JobRequest` down; `V0ExecutorReadyRequest` ... `V0JobFinishedRequest`,
+`V0JobFailedRequest`, `V0HordeFailedRequest` up), so the miner forwards what the
+executor says to the validator unchanged. They travel inside a few envelope frames
+of ours, discriminated by the key `link` (never `message_type`, so an envelope can
+never be mistaken for a validator frame):
+
+miner -> executor
+    submit   start a job: startup stage (image check), then `V0ExecutorReadyRequest`
+    payload  the validator's `V0JobRequest` for a submitted job
+    attach   (re)subscribe this connection to a job's events with seq > since_seq
+    cancel   stop a job now (container killed, a `V0HordeFailedRequest` is the last event)
+    ping     liveness; answered by pong with the same nonce
+
+executor -> miner
+    hello    first frame on every connection: version, slots, the jobs it knows
+    event    one upward job message with its per-job sequence number (1, 2, ...)
+    error    a frame the agent could not act on; the connection stays open
+    pong     answer to ping
+
+Every event is appended to the job's event log on the executor host before it is
+sent, so `attach` after a reconnect or a restart replays exactly what was missed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from horde_protocol.messages import ExecutorToMinerMessage, V0InitialJobRequest, V0JobRequest
+
+LINK_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # 64 MiB: a finished message may carry 2 MB of output + artifacts
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Submit(_Frame):
+    link: Literal["submit"] = "submit"
+    job_uuid: str
+    initial: V0InitialJobRequest
+
+
+class Payload(_Frame):
+    link: Literal["payload"] = "payload"
+    job_uuid: str
+    request: V0JobRequest
+
+
+class Attach(_Frame):
+    link: Literal["attach"] = "attach"
+    job_uuid: str
+    since_seq: int = 0
+
+
+class Cancel(_Frame):
+    link: Literal["cancel"] = "cancel"
+    job_uuid: str
+    reason: str = ""
+
+
+class Ping(_Frame):
+    link: Literal["ping"] = "ping"
+    nonce: int = 0
+
+
+class JobSummary(_Frame):
+    job_uuid: str
+    last_seq: int
+    finished: bool
+
+
+class Hello(_Frame):
+    link: Literal["hello"] = "hello"
+    link_version: int = LINK_VERSION
+    agent_version: str
+    slots: int = 1
+    jobs: list[JobSummary] = Field(default_factory=list)
+
+
+class Event(_Frame):
+    link: Literal["event"] = "event"
+    job_uuid: str
+    seq: int
+    message: ExecutorToMinerMessage
+
+
+class LinkError(_Frame):
+    link: Literal["error"] = "error"
+    job_uuid: str | None = None
+    details: str
+
+
+class Pong(_Frame):
+    link: Literal["pong"] = "pong"
+    nonce: int = 0
+
+
+MinerToAgentFrame = Annotated[Union[Submit, Payload, Attach, Cancel, Ping], Field(discriminator="link")]
+AgentToMinerFrame = Annotated[Union[Hello, Event, LinkError, Pong], Field(discriminator="link")]
+
+_down = TypeAdapter(MinerToAgentFrame)
+_up = TypeAdapter(AgentToMinerFrame)
+
+TERMINAL_MESSAGE_TYPES = frozenset({"V0JobFinishedRequest", "V0JobFailedRequest", "V0HordeFailedRequest"})
+
+
+def encode(frame: _Frame) -> bytes:
+    """One frame as one line of compact JSON."""
+    return frame.model_dump_json().encode() + b"\n"
+
+
+def decode_down(line: bytes | str) -> Submit | Payload | Attach | Cancel | Ping:
+    """Parse a miner->executor line; raises pydantic.ValidationError on anything else."""
+    return _down.validate_json(line)
+
+
+def decode_up(line: bytes | str) -> Hello | Event | LinkError | Pong:
+    """Parse an executor->miner line; raises pydantic.ValidationError on anything else."""
+    return _up.validate_json(line)
+
+
+def is_terminal(event: Event) -> bool:
+    return event.message.message_type in TERMINAL_MESSAGE_TYPES

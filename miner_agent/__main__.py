@@ -1,0 +1,4 @@
+from miner_agent.cli import main
+import sys
+
+sys.exit(main())

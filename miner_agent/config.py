@@ -1,0 +1,118 @@
+"""The miner agent's configuration: one TOML file, every key optional but the wallet.
+
+The models here are the single source of truth for keys and defaults; the README's
+configuration table mirrors them. Loading turns every problem into one line that
+names the key and the file (`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
+
+DEFAULT_CONFIG_PATH = Path("/etc/miner-agent/miner-agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/miner-agent")
+DEFAULT_LISTEN_PORT = 8000  # the stock BITTENSOR_MINER_PORT
+DEFAULT_EXECUTOR_SOCKET = Path("/run/executor-agent/agent.sock")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as what to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MinerSection(_Section):
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(DEFAULT_LISTEN_PORT, ge=0, le=65535)
+    state_dir: Path = DEFAULT_STATE_DIR
+    # How long a validator's auth timestamp stays valid (stock AUTH_MESSAGE_MAX_AGE).
+    auth_max_age_s: int = Field(10, ge=1)
+    # Largest websocket frame a validator may send; a full V0JobRequest with an inline volume is the big one.
+    max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+
+class WalletSection(_Section):
+    path: Path = Path("~/.bittensor/wallets")
+    name: str = "default"
+    hotkey: str = "default"
+
+
+class ValidatorsSection(_Section):
+    # Hotkeys (SS58) allowed to connect. The chain-backed list is a later addition.
+    allow: list[str] = Field(default_factory=list)
+
+
+class _ExecutorBase(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    executor_class: ExecutorClass = DEFAULT_EXECUTOR_CLASS
+
+
+class LocalExecutor(_ExecutorBase):
+    mode: Literal["local"] = "local"
+    socket: Path = DEFAULT_EXECUTOR_SOCKET
+
+
+class SshExecutor(_ExecutorBase):
+    mode: Literal["ssh"]
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "executor-agent"
+    key_path: Path
+    # The host's public key line ("ssh-ed25519 AAAA..."), pinned: no trust on first use.
+    host_key: str
+    socket: Path = DEFAULT_EXECUTOR_SOCKET
+
+
+ExecutorEntry = Annotated[Union[LocalExecutor, SshExecutor], Field(discriminator="mode")]
+
+
+class MinerConfig(_Section):
+    miner: MinerSection = Field(default_factory=MinerSection)
+    wallet: WalletSection = Field(default_factory=WalletSection)
+    validators: ValidatorsSection = Field(default_factory=ValidatorsSection)
+    executors: list[ExecutorEntry] = Field(default_factory=lambda: [LocalExecutor(name="local")])
+
+    @model_validator(mode="after")
+    def _unique_executor_names(self) -> MinerConfig:
+        seen: set[str] = set()
+        for entry in self.executors:
+            if entry.name in seen:
+                raise ValueError(f"executor name {entry.name!r} is used twice; names must be unique")
+            seen.add(entry.name)
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.miner.state_dir / "miner.sqlite3"
+
+    @property
+    def receipts_dir(self) -> Path:
+        return self.miner.state_dir / "receipts"
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{path}: {where}: {first['msg']}"
+
+
+def load_config(path: Path) -> MinerConfig:
+    """Read and validate the TOML file; raises ConfigError with one actionable line."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; create it (see README, 'Configuration')") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return MinerConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None

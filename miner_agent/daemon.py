@@ -1,0 +1,101 @@
+"""Start and stop the miner agent: the order in which its parts come up and go down.
+
+Up: database, hotkey, receipt pages checked against SQLite, executor links, unfinished
+jobs reloaded, then the public listener, then READY=1 to systemd. Down (SIGTERM): the
+listener closes first so no new job arrives, then the links; running jobs stay on their
+executors and are re-attached by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+
+import sdnotify
+from aiohttp import web
+
+from miner_agent.config import MinerConfig
+from miner_agent.db import open_db
+from miner_agent.fleet.pool import Fleet
+from miner_agent.jobs.service import JobService
+from miner_agent.jobs.store import JobStore
+from miner_agent.keys import Signer, load_hotkey
+from miner_agent.receipts.store import ReceiptStore
+from miner_agent.server.app import build_app
+from miner_agent.server.context import MinerContext
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_PING_S = 10.0  # well inside the unit's WatchdogSec
+
+
+class MinerAgent:
+    def __init__(self, config: MinerConfig, signer: Signer | None = None) -> None:
+        self.config = config
+        self.signer = signer
+        self.ctx: MinerContext | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        signer = self.signer or load_hotkey(cfg.wallet.path, cfg.wallet.name, cfg.wallet.hotkey)
+        conn = open_db(cfg.db_path)
+        receipts = ReceiptStore(conn, cfg.receipts_dir, signer)
+        receipts.rebuild_pages()
+        service_ref: list[JobService] = []
+
+        async def on_event(name: str, event: object) -> None:
+            await service_ref[0].on_event(name, event)  # type: ignore[arg-type]
+
+        fleet = Fleet(list(cfg.executors), on_event)
+        service = JobService(fleet, JobStore(conn), receipts)
+        service_ref.append(service)
+        service.restore()
+        fleet.start()
+        service.start()
+        self.ctx = MinerContext(cfg, signer, frozenset(cfg.validators.allow), fleet, service, receipts)
+        self._runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.miner.listen_host, cfg.miner.listen_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.miner.listen_port
+        log.info(
+            "miner-agent started hotkey=%s listen=%s:%d executors=%d validators=%d state_dir=%s",
+            signer.hotkey, cfg.miner.listen_host, self.port, len(cfg.executors), len(cfg.validators.allow),
+            cfg.miner.state_dir,
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.ctx is not None:
+            running = len(self.ctx.service.jobs)
+            await self.ctx.service.stop()
+            await self.ctx.fleet.stop()
+            self.ctx.receipts.conn.close()
+            log.info("miner-agent stopped jobs_left_on_executors=%d receipts=%s", running, "kept")
+
+
+async def serve(config: MinerConfig) -> None:
+    """Run until SIGTERM or SIGINT, telling systemd where we are."""
+    agent = MinerAgent(config)
+    await agent.start()
+    notifier = sdnotify.SystemdNotifier()
+    notifier.notify(f"READY=1\nSTATUS=serving validators on port {agent.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), WATCHDOG_PING_S)
+        except TimeoutError:
+            notifier.notify("WATCHDOG=1")
+    notifier.notify("STOPPING=1")
+    await agent.stop()
+
+

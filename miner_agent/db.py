@@ -1,0 +1,67 @@
+"""The miner's SQLite database: jobs, their events, receipts. WAL, one writer (the event loop).
+
+Writes are small and few per job, so they run inline on the loop; WAL with
+synchronous=NORMAL keeps each under a millisecond while still surviving a killed
+process (an OS crash may lose the last transaction, never corrupt the file).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    receipt_type TEXT NOT NULL,
+    job_uuid TEXT NOT NULL,
+    validator_hotkey TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    validator_signature TEXT NOT NULL,
+    miner_signature TEXT NOT NULL,
+    timestamp_unix REAL NOT NULL,
+    executor_class TEXT,
+    is_organic INTEGER,
+    ttl_s INTEGER,
+    page INTEGER NOT NULL,
+    PRIMARY KEY (receipt_type, job_uuid)
+);
+CREATE INDEX IF NOT EXISTS receipts_page ON receipts(page);
+CREATE INDEX IF NOT EXISTS receipts_started ON receipts(receipt_type, executor_class, timestamp_unix);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    job_uuid TEXT PRIMARY KEY,
+    validator_hotkey TEXT NOT NULL,
+    executor_class TEXT NOT NULL,
+    executor_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    initial_json TEXT NOT NULL,
+    request_json TEXT,
+    last_executor_seq INTEGER NOT NULL DEFAULT 0,
+    created_unix REAL NOT NULL,
+    updated_unix REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+
+CREATE TABLE IF NOT EXISTS job_messages (
+    job_uuid TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    message_json TEXT NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_uuid, n)
+);
+"""
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database at `path` with the schema applied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(_SCHEMA)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn

@@ -1,0 +1,205 @@
+"""One persistent link to one executor agent, local (unix socket) or over SSH.
+
+The link reconnects by itself with capped exponential backoff. After every (re)connect
+it re-attaches the jobs it has in flight with the last event sequence number it saw, so
+the agent replays exactly what was missed; events at or below that number are dropped
+here, which makes delivery exactly-once toward the job machine.
+
+SSH mode opens one asyncssh connection per executor host with the host key pinned from
+the config (never trust on first use) and runs the link over a streamlocal channel to
+the agent's unix socket: no per-job handshake, no TCP port on the executor host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+from pydantic import ValidationError
+
+from executor_agent import link as L
+from miner_agent.config import LocalExecutor, SshExecutor
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 10.0
+SSH_KEEPALIVE_INTERVAL_S = 5.0
+SSH_KEEPALIVE_COUNT_MAX = 3  # three missed keepalives (15 s) mark the link down
+
+
+class LinkState(str, enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+class LinkDown(Exception):
+    """The executor agent is not reachable right now."""
+
+
+EventHandler = Callable[[str, L.Event], Awaitable[None]]
+
+
+@dataclass
+class ExecutorLink:
+    entry: LocalExecutor | SshExecutor
+    on_event: EventHandler
+    state: LinkState = LinkState.CONNECTING
+    hello: L.Hello | None = None
+    last_error: str = ""
+    down_since: float | None = field(default_factory=time.monotonic)
+    _last_seq: dict[str, int] = field(default_factory=dict)
+    _writer: asyncio.StreamWriter | asyncssh.SSHWriter | None = None
+    _ssh: asyncssh.SSHClientConnection | None = None
+    _task: asyncio.Task[None] | None = None
+    _up: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def track(self, job_uuid: str, last_seq: int = 0) -> None:
+        """Follow a job's events on this link (re-attached after every reconnect)."""
+        self._last_seq.setdefault(job_uuid, last_seq)
+
+    def untrack(self, job_uuid: str) -> None:
+        self._last_seq.pop(job_uuid, None)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"link-{self.name}")
+
+    async def stop(self) -> None:
+        self.state = LinkState.CLOSED
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close_transport()
+
+    async def wait_up(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def send(self, frame: L._Frame) -> None:
+        writer = self._writer
+        if self.state is not LinkState.UP or writer is None:
+            raise LinkDown(f"executor {self.name}: link is {self.state.value} ({self.last_error or 'not connected yet'})")
+        try:
+            writer.write(L.encode(frame))
+            await writer.drain()
+        except (OSError, asyncssh.Error, ConnectionError) as exc:
+            raise LinkDown(f"executor {self.name}: send failed: {exc}") from None
+
+    # -- connection loop ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN_S
+        while self.state is not LinkState.CLOSED:
+            try:
+                reader, self._writer = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
+                await self._session(reader)
+                delay = RECONNECT_MIN_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is logged and retried; the loop is the supervisor
+                self.last_error = _describe(exc, self.entry)
+            finally:
+                self._up.clear()
+                await self._close_transport()
+            if self.state is LinkState.CLOSED:
+                break
+            if self.state is LinkState.UP or self.down_since is None:
+                self.down_since = time.monotonic()
+            self.state = LinkState.DOWN
+            log.warning("executor link down executor=%s error=%r retry_in_s=%.1f", self.name, self.last_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _open(self) -> tuple[asyncio.StreamReader | asyncssh.SSHReader, asyncio.StreamWriter | asyncssh.SSHWriter]:
+        entry = self.entry
+        if isinstance(entry, LocalExecutor):
+            return await asyncio.open_unix_connection(str(entry.socket), limit=L.MAX_FRAME_BYTES)
+        host_id = entry.host if entry.port == 22 else f"[{entry.host}]:{entry.port}"
+        self._ssh = await asyncssh.connect(
+            entry.host,
+            port=entry.port,
+            username=entry.user,
+            client_keys=[str(entry.key_path.expanduser())],
+            known_hosts=asyncssh.import_known_hosts(f"{host_id} {entry.host_key.strip()}\n"),
+            keepalive_interval=SSH_KEEPALIVE_INTERVAL_S,
+            keepalive_count_max=SSH_KEEPALIVE_COUNT_MAX,
+        )
+        return await self._ssh.open_unix_connection(str(entry.socket))
+
+    async def _session(self, reader: asyncio.StreamReader | asyncssh.SSHReader) -> None:
+        first = await reader.readline()
+        hello = L.decode_up(first)
+        if not isinstance(hello, L.Hello):
+            raise ConnectionError(f"expected hello, got {hello.link}")
+        self.hello = hello
+        self.state = LinkState.UP
+        self.last_error = ""
+        self.down_since = None
+        self._up.set()
+        log.info("executor link up executor=%s agent_version=%s slots=%d", self.name, hello.agent_version, hello.slots)
+        for job_uuid, seq in list(self._last_seq.items()):
+            await self.send(L.Attach(job_uuid=job_uuid, since_seq=seq))
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("executor agent closed the link")
+            try:
+                frame = L.decode_up(line)
+            except ValidationError as exc:
+                log.error("executor sent a malformed frame executor=%s error=%s", self.name, exc.errors()[0]["msg"])
+                continue
+            if isinstance(frame, L.Event):
+                await self._deliver(frame)
+            elif isinstance(frame, L.LinkError):
+                log.error("executor reported an error executor=%s job=%s details=%r", self.name, frame.job_uuid, frame.details)
+
+    async def _deliver(self, event: L.Event) -> None:
+        seen = self._last_seq.get(event.job_uuid)
+        if seen is None:
+            log.warning("event for an untracked job dropped executor=%s job=%s seq=%d", self.name, event.job_uuid, event.seq)
+            return
+        if event.seq <= seen:
+            return  # replayed after a re-attach: already delivered
+        self._last_seq[event.job_uuid] = event.seq
+        await self.on_event(self.name, event)
+
+    async def _close_transport(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        ssh, self._ssh = self._ssh, None
+        if ssh is not None:
+            ssh.close()
+
+
+def _describe(exc: BaseException, entry: LocalExecutor | SshExecutor) -> str:
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return (
+            f"host key of {entry.host} does not match the pinned host_key of executor {entry.name}"  # type: ignore[union-attr]
+            f"; check the host, then update host_key in the config"
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return f"ssh login refused for {entry.user}@{entry.host}; is the key in its authorized_keys?"  # type: ignore[union-attr]
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError) and isinstance(entry, LocalExecutor):
+        return f"no executor agent listening on {entry.socket}; is executor-agent running?"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    return f"{type(exc).__name__}: {exc}"

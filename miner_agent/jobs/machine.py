@@ -1,0 +1,223 @@
+"""The life of one job on the miner, as a pure state machine.
+
+It is fed what happens (an executor event, the validator's job request, the link to the
+executor lost, the clock) and answers with actions for the edges to carry out (send to
+the validator, send to the executor, release the slot). No sockets, no sleeping: every
+order and timeout rule is tested by calling methods with a made-up `now`.
+
+Rules kept here:
+* progress goes to the validator in the order validators wait for it
+  (ready -> volumes ready -> [streaming ready] -> execution done -> [specs] -> result);
+  the first of each kind counts, duplicates and out-of-order ones are dropped;
+* a terminal message (finished, failed, horde failed) ends the job in any state, once;
+* legacy executor messages are mapped the way the stock miner maps them;
+* a watchdog gives up `WATCHDOG_GRACE_S` after the last stage budget the validator
+  granted, so a silent executor never holds a slot forever.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
+from horde_protocol.messages import (
+    GenericError,
+    V0ExecutionDoneRequest,
+    V0ExecutorFailedRequest,
+    V0ExecutorReadyRequest,
+    V0HordeFailedRequest,
+    V0InitialJobRequest,
+    V0JobFailedRequest,
+    V0JobFinishedRequest,
+    V0JobRequest,
+    V0MachineSpecsRequest,
+    V0StreamingJobNotReadyRequest,
+    V0StreamingJobReadyRequest,
+    V0VolumesReadyRequest,
+)
+
+WATCHDOG_GRACE_S = 15.0  # executor deadlines fire first; this only catches a silent executor
+EXECUTOR_STARTUP_S = 5.0  # validator's DYNAMIC_EXECUTOR_STARTUP_TIME_LIMIT default
+MAX_JOB_S = 1200.0  # stock MAX_EXECUTOR_TIMEOUT: absolute cap on any job
+
+
+class JobState(str, enum.Enum):
+    SUBMITTED = "submitted"  # accepted, executor starting
+    WAITING_FOR_PAYLOAD = "waiting_for_payload"  # ready sent, waiting for V0JobRequest
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.FINISHED, JobState.FAILED)
+
+
+@dataclass(frozen=True)
+class ToValidator:
+    message: object  # a MinerToValidatorMessage model
+
+
+@dataclass(frozen=True)
+class ToExecutor:
+    request: V0JobRequest | None = None  # payload to forward
+    cancel: str | None = None  # reason to cancel the executor's job
+
+
+@dataclass(frozen=True)
+class Release:
+    """The job is over: free its slot."""
+
+    outcome: str
+
+
+Action = ToValidator | ToExecutor | Release
+
+_PROGRESS_ORDER: dict[str, int] = {
+    "V0ExecutorReadyRequest": 1,
+    "V0VolumesReadyRequest": 2,
+    "V0StreamingJobReadyRequest": 3,
+    "V0ExecutionDoneRequest": 4,
+    "V0MachineSpecsRequest": 5,
+}
+
+
+@dataclass
+class Budget:
+    """Stage budgets (seconds) the validator will wait, from the initial request."""
+
+    readiness: float
+    leeway: float
+    download: float
+    execution: float
+    upload: float
+    streaming: float
+
+    @classmethod
+    def from_initial(cls, initial: V0InitialJobRequest) -> Budget:
+        spec = EXECUTOR_CLASS_SPECS.get(ExecutorClass(initial.executor_class))
+        readiness = (spec.spin_up_time_s if spec else 240) + EXECUTOR_STARTUP_S
+        t = initial.executor_timing
+        if t is None:
+            total = float(initial.timeout_seconds or MAX_JOB_S)
+            return cls(readiness, total, 0, 0, 0, 0)
+        return cls(
+            readiness,
+            t.allowed_leeway,
+            t.download_time_limit,
+            t.execution_time_limit,
+            t.upload_time_limit,
+            t.streaming_start_time_limit,
+        )
+
+
+@dataclass
+class JobMachine:
+    job_uuid: str
+    budget: Budget
+    started_at: float
+    streaming: bool = False
+    state: JobState = JobState.SUBMITTED
+    progress: int = 0  # highest _PROGRESS_ORDER step forwarded
+    deadline: float = 0.0
+    outcome: str = ""
+    log: list[str] = field(default_factory=list)  # why things were dropped, for the job's log lines
+
+    def __post_init__(self) -> None:
+        if not self.deadline:
+            self.deadline = self.started_at + self.budget.readiness
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_executor_message(self, message: object, now: float) -> list[Action]:
+        if self.state.terminal:
+            self.log.append(f"dropped {type(message).__name__} after the job ended")
+            return []
+        if isinstance(message, (V0JobFinishedRequest, V0JobFailedRequest, V0HordeFailedRequest)):
+            return self._end(message, "finished" if isinstance(message, V0JobFinishedRequest) else "failed")
+        if isinstance(message, GenericError):
+            details = message.details or "Received GenericError from the executor with no details"
+            return self._end(self._horde("executor", "generic_error", details), "failed")
+        if isinstance(message, V0ExecutorFailedRequest):
+            return self._end(
+                self._horde("executor", "generic_error", "Legacy executor failure (V0ExecutorFailedRequest)"), "failed"
+            )
+        if isinstance(message, V0StreamingJobNotReadyRequest):
+            failed = V0JobFailedRequest(
+                job_uuid=self.job_uuid,
+                stage="streaming_startup",
+                reason="unknown",
+                message="Legacy streaming failure (V0StreamingJobNotReadyRequest)",
+            )
+            return self._end(failed, "failed")
+        step = _PROGRESS_ORDER.get(type(message).__name__)
+        if step is None:
+            self.log.append(f"dropped unexpected {type(message).__name__}")
+            return []
+        if step <= self.progress:
+            self.log.append(f"dropped duplicate or late {type(message).__name__}")
+            return []
+        self.progress = step
+        self._extend_deadline(message, now)
+        if isinstance(message, (V0ExecutorReadyRequest, V0StreamingJobReadyRequest)):
+            message = message.model_copy(update={"executor_token": None})
+        if isinstance(message, V0ExecutorReadyRequest):
+            self.state = JobState.WAITING_FOR_PAYLOAD
+        return [ToValidator(message)]
+
+    def on_job_request(self, request: V0JobRequest, now: float) -> list[Action]:
+        if self.state is not JobState.WAITING_FOR_PAYLOAD:
+            raise JobRequestRefused(f"job {self.job_uuid} is {self.state.value}, not waiting for its payload")
+        self.state = JobState.RUNNING
+        return [ToExecutor(request=request)]
+
+    def on_executor_lost(self, now: float, details: str) -> list[Action]:
+        """The executor cannot be reached any more and will not be: an honest horde failure."""
+        if self.state.terminal:
+            return []
+        return self._end(self._horde("miner", "executor_disconnected", details), "failed")
+
+    def on_tick(self, now: float) -> list[Action]:
+        if self.state.terminal:
+            return []
+        if now < min(self.deadline + WATCHDOG_GRACE_S, self.started_at + MAX_JOB_S):
+            return []
+        message = f"Executor sent no result within its budget (state {self.state.value})"
+        return [ToExecutor(cancel="miner watchdog"), *self._end(self._horde("miner", "unhandled_timeout", message), "failed")]
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _extend_deadline(self, message: object, now: float) -> None:
+        b = self.budget
+        if isinstance(message, V0ExecutorReadyRequest):
+            self.deadline = now + b.leeway + b.download
+        elif isinstance(message, V0VolumesReadyRequest):
+            self.deadline += b.execution + b.streaming
+        elif isinstance(message, V0ExecutionDoneRequest):
+            self.deadline += b.upload
+
+    def _horde(self, reported_by: str, reason: str, message: str) -> V0HordeFailedRequest:
+        return V0HordeFailedRequest(job_uuid=self.job_uuid, reported_by=reported_by, reason=reason, message=message)
+
+    def _end(self, message: object, outcome: str) -> list[Action]:
+        self.state = JobState.FINISHED if outcome == "finished" else JobState.FAILED
+        self.outcome = outcome
+        return [ToValidator(message), Release(outcome)]
+
+
+class JobRequestRefused(Exception):
+    """A V0JobRequest the job cannot take now; the validator gets a GenericError."""
+
+
+__all__ = [
+    "Action",
+    "Budget",
+    "JobMachine",
+    "JobRequestRefused",
+    "JobState",
+    "Release",
+    "ToExecutor",
+    "ToValidator",
+    "V0MachineSpecsRequest",
+]

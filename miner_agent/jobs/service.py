@@ -1,0 +1,248 @@
+"""Runs the job machines: validator requests in, executor events in, actions out.
+
+This is the only place that joins the pure `JobMachine` to its edges: the fleet (executor
+links), the job and receipt stores, and the validators' websockets (`Outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from executor_agent import link as L
+from horde_protocol.messages import (
+    GenericError,
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0HordeFailedRequest,
+    V0InitialJobRequest,
+    V0JobRequest,
+)
+from miner_agent.fleet.link import LinkDown
+from miner_agent.fleet.pool import Fleet
+from miner_agent.jobs.machine import Budget, JobMachine, JobRequestRefused, JobState, Release, ToExecutor, ToValidator
+from miner_agent.jobs.store import JobStore
+from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+LINK_LOSS_GRACE_S = 60.0  # an executor link down this long fails its jobs (SSH keepalives reconnect sooner)
+
+
+class ValidatorSink(Protocol):
+    validator_hotkey: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_text(self, text: str) -> bool: ...
+
+
+@dataclass
+class Outbox:
+    """Open, authenticated validator sessions, newest last, per validator hotkey."""
+
+    sessions: dict[str, list[ValidatorSink]] = field(default_factory=dict)
+
+    def add(self, sink: ValidatorSink) -> None:
+        self.sessions.setdefault(sink.validator_hotkey, []).append(sink)
+
+    def remove(self, sink: ValidatorSink) -> None:
+        live = self.sessions.get(sink.validator_hotkey, [])
+        if sink in live:
+            live.remove(sink)
+
+    def pick(self, validator: str, preferred: ValidatorSink | None) -> ValidatorSink | None:
+        if preferred is not None and not preferred.closed:
+            return preferred
+        live = [s for s in self.sessions.get(validator, []) if not s.closed]
+        return live[-1] if live else None
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.sessions.values())
+
+
+@dataclass
+class Job:
+    machine: JobMachine
+    validator: str
+    executor_name: str
+    sink: ValidatorSink | None
+
+
+@dataclass
+class JobService:
+    fleet: Fleet
+    jobs_db: JobStore
+    receipts: ReceiptStore
+    outbox: Outbox = field(default_factory=Outbox)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    _ticker: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Reload unfinished jobs after a restart; their links re-attach from the last seq seen."""
+        now = time.time()
+        for row in self.jobs_db.unfinished():
+            initial = V0InitialJobRequest.model_validate_json(row.initial_json)
+            machine = JobMachine(row.job_uuid, Budget.from_initial(initial), started_at=row.created_unix,
+                                 streaming=initial.streaming_details is not None, state=row.state)
+            if row.state is not JobState.SUBMITTED:
+                machine.progress = 1
+                machine.deadline = now + Budget.from_initial(initial).readiness + 3600  # re-derived on next event
+            self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None)
+            if row.executor_name in self.fleet.links:
+                self.fleet.bind(row.executor_name, row.job_uuid, row.last_executor_seq)
+        if self.jobs:
+            log.info("jobs restored count=%d", len(self.jobs))
+        return len(self.jobs)
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="job-ticker")
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+
+    # -- validator side -----------------------------------------------------------------
+
+    async def on_session(self, sink: ValidatorSink) -> None:
+        """A validator authenticated: adopt its jobs and send what it is still owed."""
+        self.outbox.add(sink)
+        for job in self.jobs.values():
+            if job.validator == sink.validator_hotkey and (job.sink is None or job.sink.closed):
+                job.sink = sink
+        for job_uuid, n, text in self.jobs_db.undelivered(sink.validator_hotkey):
+            if await sink.send_text(text):
+                self.jobs_db.mark_delivered(job_uuid, n)
+
+    def on_session_closed(self, sink: ValidatorSink) -> None:
+        self.outbox.remove(sink)
+
+    async def offer(self, sink: ValidatorSink, initial: V0InitialJobRequest) -> None:
+        """A V0InitialJobRequest: accept with a reserved slot, or decline, within the 7 s."""
+        uuid, validator = str(initial.job_uuid), sink.validator_hotkey
+        if uuid in self.jobs or self.jobs_db.exists(uuid):
+            await sink.send_text(GenericError(details=f"Job {uuid} already exists").model_dump_json())
+            return
+        payload = initial.job_started_receipt_payload
+        try:
+            if str(payload.job_uuid) != uuid:
+                raise ReceiptRejected(f"receipt is for job {payload.job_uuid}, not {uuid}")
+            self.receipts.accept(payload, initial.job_started_receipt_signature, validator)
+        except ReceiptRejected as exc:
+            log.warning("job declined job=%s validator=%s reason=invalid_receipt details=%r", uuid, validator, str(exc))
+            await self.decline(sink, uuid, "invalid_receipt", f"JobStartedReceipt rejected: {exc}")
+            return
+        executor_class = str(initial.executor_class.value)
+        name = self.fleet.reserve(executor_class, uuid)
+        if name is None:
+            excuses = self.receipts.excuses(executor_class, payload.timestamp.timestamp(), uuid)
+            log.info("job declined job=%s validator=%s reason=busy class=%s excuses=%d", uuid, validator, executor_class, len(excuses))
+            await self.decline(sink, uuid, "busy", "all executors of the class are busy", excuses)
+            return
+        machine = JobMachine(uuid, Budget.from_initial(initial), time.time(), streaming=initial.streaming_details is not None)
+        self.jobs[uuid] = Job(machine, validator, name, sink)
+        self.jobs_db.create(uuid, validator, executor_class, name, initial.model_dump_json())
+        log.info("job accepted job=%s validator=%s class=%s executor=%s", uuid, validator, executor_class, name)
+        await self._to_validator(uuid, V0AcceptJobRequest(job_uuid=uuid))
+        try:
+            await self.fleet.submit(name, initial)
+        except LinkDown as exc:
+            log.error("job spin-up failed job=%s validator=%s executor=%s error=%r", uuid, validator, name, str(exc))
+            failure = V0HordeFailedRequest(
+                job_uuid=uuid, reported_by="miner", reason="executor_spinup_failed", message="Executor failed to start"
+            )
+            machine.state = JobState.FAILED
+            await self._run(uuid, [ToValidator(failure), Release("failed")])
+
+    async def job_request(self, sink: ValidatorSink, request: V0JobRequest) -> None:
+        uuid = str(request.job_uuid)
+        job = self.jobs.get(uuid)
+        if job is None or job.validator != sink.validator_hotkey:
+            await sink.send_text(GenericError(details=f"Unknown job {uuid}").model_dump_json())
+            return
+        try:
+            actions = job.machine.on_job_request(request, time.time())
+        except JobRequestRefused as exc:
+            await sink.send_text(GenericError(details=str(exc)).model_dump_json())
+            return
+        self.jobs_db.set_request(uuid, request.model_dump_json())
+        await self._run(uuid, actions)
+
+    # -- executor side ------------------------------------------------------------------
+
+    async def on_event(self, executor_name: str, event: L.Event) -> None:
+        job = self.jobs.get(event.job_uuid)
+        if job is None:
+            log.warning("event for an unknown job dropped executor=%s job=%s", executor_name, event.job_uuid)
+            return
+        self.jobs_db.set_seq(event.job_uuid, event.seq)
+        await self._run(event.job_uuid, job.machine.on_executor_message(event.message, time.time()))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self.tick(time.time(), time.monotonic())
+            except Exception:
+                log.exception("job ticker failed")
+
+    async def tick(self, now: float, mono_now: float) -> None:
+        for uuid, job in list(self.jobs.items()):
+            if self.fleet.down_for(job.executor_name, mono_now) > LINK_LOSS_GRACE_S:
+                details = f"Executor {job.executor_name} unreachable for over {LINK_LOSS_GRACE_S:.0f} s"
+                await self._run(uuid, job.machine.on_executor_lost(now, details))
+            else:
+                await self._run(uuid, job.machine.on_tick(now))
+
+    # -- actions ------------------------------------------------------------------------
+
+    async def _run(self, uuid: str, actions: list[object]) -> None:
+        job = self.jobs.get(uuid)
+        if job is None:
+            return
+        for line in job.machine.log:
+            log.warning("job=%s validator=%s %s", uuid, job.validator, line)
+        job.machine.log.clear()
+        self.jobs_db.set_state(uuid, job.machine.state)
+        for action in actions:
+            if isinstance(action, ToValidator):
+                await self._to_validator(uuid, action.message)
+            elif isinstance(action, ToExecutor):
+                await self._to_executor(job, action)
+            elif isinstance(action, Release):
+                self.fleet.release(job.executor_name, uuid)
+                self.jobs.pop(uuid, None)
+                log.info("job ended job=%s validator=%s outcome=%s executor=%s", uuid, job.validator, action.outcome, job.executor_name)
+
+    async def _to_executor(self, job: Job, action: ToExecutor) -> None:
+        uuid = job.machine.job_uuid
+        try:
+            if action.request is not None:
+                await self.fleet.payload(job.executor_name, action.request)
+            if action.cancel is not None:
+                await self.fleet.cancel(job.executor_name, uuid, action.cancel)
+        except LinkDown as exc:
+            # The payload is kept in SQLite; the watchdog or link-loss rule ends the job honestly.
+            log.error("job=%s validator=%s could not reach executor: %s", uuid, job.validator, exc)
+
+    async def _to_validator(self, uuid: str, message: object) -> None:
+        job = self.jobs.get(uuid)
+        text = message.model_dump_json()  # type: ignore[attr-defined]
+        n = self.jobs_db.add_message(uuid, text)
+        sink = self.outbox.pick(job.validator, job.sink) if job else None
+        if sink is not None and await sink.send_text(text):
+            self.jobs_db.mark_delivered(uuid, n)
+        else:
+            log.warning("job=%s message %s kept until the validator reconnects", uuid, type(message).__name__)
+
+    async def decline(self, sink: ValidatorSink, uuid: str, reason: str, message: str, receipts: list | None = None) -> None:
+        decline = V0DeclineJobRequest(job_uuid=uuid, reason=reason, message=message, receipts=receipts or [])
+        await sink.send_text(decline.model_dump_json())

@@ -1,0 +1,222 @@
+"""A real miner on loopback and a validator simulator with real keys: handshake, manifest,
+malformed frames, main hotkey, receipts pages. No executor is running here, so every job
+offer is declined as busy: that is the honest answer and it exercises the decline path."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from bittensor_wallet import Keypair
+
+from horde_protocol.messages import V0MainHotkeyMessage, parse_miner_to_validator
+from horde_protocol.receipts import Receipt, receipt_blob
+from horde_protocol.signing import verify_blob
+from tests.fixtures.miner import sim_for
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _closed_with_error(session, expected: str) -> None:
+    got = await session.recv(5)
+    assert got.type == "GenericError"
+    assert got.message.details == expected
+    frame = await session.ws.receive(timeout=5)
+    assert frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert session.ws.close_code == 1000
+
+
+async def test_unknown_validator_is_refused_and_closed(miner_config, start_miner) -> None:
+    agent = await start_miner(miner_config)
+    stranger = Keypair.create_from_uri("//Mallory")
+    sim = sim_for(agent, stranger)
+    async with await sim.connect() as session:
+        await _closed_with_error(session, f"Unknown validator: {stranger.ss58_address}")
+
+
+async def test_stale_auth_is_refused(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    import time
+
+    async with await sim.connect(authenticate=False) as session:
+        await session.send(sim.auth(timestamp=int(time.time()) - 30))
+        await _closed_with_error(session, f"Validator {sim.hotkey} not authenticated due to: msg too old")
+
+
+async def test_bad_signature_is_refused(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    async with await sim.connect(authenticate=False) as session:
+        await session.send(sim.auth(signer=Keypair.create_from_uri("//Eve")))
+        await _closed_with_error(session, f"Validator {sim.hotkey} not authenticated due to: Signature mismatches")
+
+
+async def test_wrong_miner_hotkey_is_refused(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    sim.miner_hotkey = Keypair.create_from_uri("//Bob").ss58_address
+    async with await sim.connect() as session:
+        got = await session.recv(5)
+        assert got.type == "GenericError" and "wrong miner hotkey" in got.message.details
+
+
+async def test_manifest_first_then_queued_frames_replayed(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    async with await sim.connect(authenticate=False) as session:
+        await session.send(V0MainHotkeyMessage(main_hotkey=None))  # before auth: queued, not refused
+        await session.send(sim.auth())
+        first = await session.recv(5)
+        assert first.type == "V0ExecutorManifestRequest"
+        assert {str(k): v for k, v in first.message.manifest.items()} == {"always_on.test": 1}
+        answer = await session.recv(5)
+        assert answer.type == "V0MainHotkeyMessage"
+        assert answer.message.main_hotkey == agent.ctx.signer.hotkey
+
+
+async def test_malformed_frames_get_generic_error_and_socket_stays_open(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        for bad in ["not json", '{"message_type": "V0Bogus"}', '{"message_type": "V0JobRequest"}', "[1,2]",
+                    json.dumps({"message_type": "V0ExecutorManifestRequest", "manifest": {}})]:
+            await session.send(bad)
+            got = await session.recv(5)
+            assert got.type == "GenericError", bad
+            assert got.message.details.startswith("Malformed message"), got.message.details
+        await session.send(V0MainHotkeyMessage())
+        assert (await session.recv(5)).type == "V0MainHotkeyMessage"
+
+
+async def test_version_endpoint(miner_config, start_miner) -> None:
+    agent = await start_miner(miner_config)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{agent.port}/version") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+    assert set(body) == {"miner_version", "runner_version"}
+
+
+async def _offer(sim, executor_class: str = "always_on.test", **kw):
+    initial = sim.initial_request(executor_class, "localhost/none:latest", **kw)
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(initial)
+        reply = await session.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest", "GenericError", timeout_s=7)
+    return initial, reply
+
+
+async def _page_lines(port: int) -> tuple[str, list[Receipt]]:
+    import time
+
+    page = int(time.time() // 300)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/receipts/{page}.jsonl",
+                            headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    return text, [Receipt.model_validate_json(line) for line in text.splitlines()]
+
+
+async def test_offer_without_free_executor_is_declined_busy_but_receipt_kept(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    first, reply = await _offer(sim)
+    assert reply.type == "V0DeclineJobRequest" and reply.message.reason == "busy"
+    _, lines = await _page_lines(agent.port)
+    assert [str(r.payload.job_uuid) for r in lines] == [str(first.job_uuid)]
+    for r in lines:
+        blob = receipt_blob(r.payload)
+        assert verify_blob(validator_key.ss58_address, blob, r.validator_signature)
+        assert verify_blob(agent.ctx.signer.hotkey, blob, r.miner_signature)
+    # A second offer within the first receipt's ttl carries it as an excuse.
+    _, reply2 = await _offer(sim)
+    assert reply2.type == "V0DeclineJobRequest" and reply2.message.reason == "busy"
+    assert [str(r.payload.job_uuid) for r in reply2.message.receipts] == [str(first.job_uuid)]
+    assert verify_blob(agent.ctx.signer.hotkey, receipt_blob(reply2.message.receipts[0].payload),
+                       reply2.message.receipts[0].miner_signature)
+
+
+async def test_receipt_with_bad_signature_is_declined_and_not_stored(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    initial = sim.initial_request("always_on.test", "img")
+    initial = initial.model_copy(update={"job_started_receipt_signature": "0x" + "00" * 64})
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(initial)
+        reply = await session.recv(5)
+    assert reply.type == "V0DeclineJobRequest"
+    assert reply.message.reason == "invalid_receipt"
+    assert agent.ctx.receipts.count() == 0
+
+
+async def test_bad_validator_signature_on_initial_request_is_declined(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    initial = sim.initial_request("always_on.test", "img").model_copy(update={"validator_signature": "0x" + "11" * 64})
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(initial)
+        reply = await session.recv(5)
+    assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "invalid_signature")
+
+
+async def test_receipt_pages_support_range_like_a_static_server(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    await _offer(sim)
+    text, _ = await _page_lines(agent.port)
+    size = len(text.encode())
+    import time
+
+    url = f"http://127.0.0.1:{agent.port}/receipts/{int(time.time() // 300)}.jsonl"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Range": "bytes=10-", "Accept-Encoding": ""}) as resp:
+            assert resp.status == 206
+            assert resp.headers["Content-Range"] == f"bytes 10-{size - 1}/{size}"
+            assert (await resp.read()) == text.encode()[10:]
+        async with http.get(url, headers={"Range": f"bytes={size}-", "Accept-Encoding": ""}) as resp:
+            assert resp.status == 416
+        async with http.get(f"http://127.0.0.1:{agent.port}/receipts/1.jsonl") as resp:
+            assert resp.status == 404
+        for bad in ["..%2Fminer.sqlite3", "abc.jsonl", "1.json", "%2Fetc%2Fpasswd"]:
+            async with http.get(f"http://127.0.0.1:{agent.port}/receipts/{bad}", allow_redirects=False) as resp:
+                assert resp.status == 404, bad
+
+
+async def test_restart_keeps_receipts_and_repairs_a_damaged_page(miner_config, start_miner, validator_key) -> None:
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    first, _ = await _offer(sim)
+    text_before, _ = await _page_lines(agent.port)
+    await agent.stop()
+    page_file = next(miner_config.receipts_dir.glob("*.jsonl"))
+    page_file.write_text("")  # as if a crash lost the page after the SQLite commit
+    again = await start_miner(miner_config)
+    text_after, lines = await _page_lines(again.port)
+    assert text_after == text_before
+    assert str(lines[0].payload.job_uuid) == str(first.job_uuid)
+
+
+async def test_accepted_and_finished_receipts_are_countersigned(miner_config, start_miner, validator_key) -> None:
+    from datetime import UTC, datetime
+
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(sim.accepted_receipt("11111111-2222-4333-8444-555555555555"))
+        await session.send(sim.finished_receipt("11111111-2222-4333-8444-555555555555", datetime.now(UTC), 2.5))
+        bad = sim.finished_receipt("11111111-2222-4333-8444-666666666666", datetime.now(UTC), 1.0)
+        await session.send(bad.model_copy(update={"signature": "0x" + "22" * 64}))
+        await session.send(V0MainHotkeyMessage())
+        await session.recv_until("V0MainHotkeyMessage")  # the receipts were handled before this answer
+    _, lines = await _page_lines(agent.port)
+    types = sorted(str(r.payload.receipt_type) for r in lines)
+    assert types == ["JobAcceptedReceipt", "JobFinishedReceipt"]
+    for r in lines:
+        assert verify_blob(agent.ctx.signer.hotkey, receipt_blob(r.payload), r.miner_signature)
