@@ -27,3 +27,7 @@ if ! .venv/bin/python -c 'import miner_agent, executor_agent, pytest_aiohttp' 2>
 fi
 .venv/bin/python -c 'import miner_agent, executor_agent' >/dev/null
 echo "bootstrap: ready ($(.venv/bin/python --version), $(podman --version))"
+
+# The validators' own models (compute-horde, PyPI) in a separate venv: a test-only
+# conformance oracle, never importable by the agents.
+bash scripts/oracle-venv.sh
