@@ -16,6 +16,10 @@ EPILOG = """\
 examples:
   miner-agent run --config /etc/miner-agent/miner-agent.toml
       serve validators on the configured port (what the systemd unit runs)
+  miner-agent status --config miner.toml
+      executors with their link state and jobs, running jobs, the manifest validators see
+  miner-agent executors drain gpu-1 --config miner.toml
+      let gpu-1 finish its job and take no new one (undrain to bring it back)
   miner-agent demo-job --config miner.toml --validator-wallet-path ./wallets --validator-wallet validator
       act as a validator from the allowlist and send one small job through this miner
 
@@ -36,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve validators until stopped (SIGTERM/SIGINT)")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help=f"TOML config (default {DEFAULT_CONFIG_PATH})")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    status = sub.add_parser("status", help="show executors, running jobs, manifest and receipts of the running miner")
+    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    ex = sub.add_parser("executors", help="list executors, or drain/undrain one on the running miner")
+    ex.add_argument("action", choices=["list", "drain", "undrain"])
+    ex.add_argument("name", nargs="?", help="executor name (for drain/undrain)")
+    ex.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     demo = sub.add_parser(
         "demo-job",
         help="send one job to a running miner as an allowlisted validator and print every message",
@@ -59,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command in ("status", "executors"):
+            from miner_agent.admin_client import AdminUnavailable
+            from miner_agent.cli_admin import executors_command, status_command
+
+            try:
+                command = status_command if args.command == "status" else executors_command
+                return asyncio.run(command(load_config(args.config), args))
+            except AdminUnavailable as exc:
+                print(f"miner-agent: {exc}", file=sys.stderr)
+                return 1
         if args.command == "demo-job":
             from miner_agent.selftest.demo import demo_job
 

@@ -35,6 +35,8 @@ class MinerSection(_Section):
     state_dir: Path = DEFAULT_STATE_DIR
     # How long a validator's auth timestamp stays valid (stock AUTH_MESSAGE_MAX_AGE).
     auth_max_age_s: int = Field(10, ge=1)
+    # Local control socket for `miner-agent status/executors ...`; default <state_dir>/admin.sock.
+    admin_socket: Path | None = None
     # Largest websocket frame a validator may send; a full V0JobRequest with an inline volume is the big one.
     max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
@@ -92,6 +94,10 @@ class MinerConfig(_Section):
     @property
     def db_path(self) -> Path:
         return self.miner.state_dir / "miner.sqlite3"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.miner.admin_socket or self.miner.state_dir / "admin.sock"
 
     @property
     def receipts_dir(self) -> Path:

@@ -23,6 +23,7 @@ from miner_agent.jobs.service import JobService
 from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer, load_hotkey
 from miner_agent.receipts.store import ReceiptStore
+from miner_agent.server.admin import start_admin
 from miner_agent.server.app import build_app
 from miner_agent.server.context import MinerContext
 
@@ -37,6 +38,7 @@ class MinerAgent:
         self.signer = signer
         self.ctx: MinerContext | None = None
         self._runner: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
         self.port: int = 0
 
     async def start(self) -> None:
@@ -51,12 +53,16 @@ class MinerAgent:
             await service_ref[0].on_event(name, event)  # type: ignore[arg-type]
 
         fleet = Fleet(list(cfg.executors), on_event)
-        service = JobService(fleet, JobStore(conn), receipts)
+        jobs_db = JobStore(conn)
+        for name in jobs_db.drained() & set(fleet.links):
+            fleet.drain(name)
+        service = JobService(fleet, jobs_db, receipts)
         service_ref.append(service)
         service.restore()
         fleet.start()
         service.start()
         self.ctx = MinerContext(cfg, signer, frozenset(cfg.validators.allow), fleet, service, receipts)
+        self._admin = await start_admin(self.ctx, cfg.admin_socket)
         self._runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.miner.listen_host, cfg.miner.listen_port)
@@ -72,6 +78,8 @@ class MinerAgent:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin is not None:
+            await self._admin.cleanup()
         if self.ctx is not None:
             running = len(self.ctx.service.jobs)
             await self.ctx.service.stop()

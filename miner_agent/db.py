@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 
+CREATE TABLE IF NOT EXISTS drained_executors (name TEXT PRIMARY KEY);
+
 CREATE TABLE IF NOT EXISTS job_messages (
     job_uuid TEXT NOT NULL,
     n INTEGER NOT NULL,

@@ -56,6 +56,7 @@ class ExecutorLink:
     hello: L.Hello | None = None
     last_error: str = ""
     down_since: float | None = field(default_factory=time.monotonic)
+    last_up: float | None = None  # monotonic time the link was last seen up
     _last_seq: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.StreamWriter | asyncssh.SSHWriter | None = None
     _ssh: asyncssh.SSHClientConnection | None = None
@@ -65,6 +66,12 @@ class ExecutorLink:
     @property
     def name(self) -> str:
         return self.entry.name
+
+    def reachable(self, now: float, hold_s: float) -> bool:
+        """Up now, or up within the last `hold_s` seconds (a short drop is forgiven)."""
+        if self.state is LinkState.UP:
+            return True
+        return self.last_up is not None and now - self.last_up < hold_s
 
     def track(self, job_uuid: str, last_seq: int = 0) -> None:
         """Follow a job's events on this link (re-attached after every reconnect)."""
@@ -120,6 +127,8 @@ class ExecutorLink:
                 break
             if self.state is LinkState.UP or self.down_since is None:
                 self.down_since = time.monotonic()
+            if self.state is LinkState.UP:
+                self.last_up = time.monotonic()
             self.state = LinkState.DOWN
             log.warning("executor link down executor=%s error=%r retry_in_s=%.1f", self.name, self.last_error, delay)
             await asyncio.sleep(delay)

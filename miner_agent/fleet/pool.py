@@ -18,6 +18,8 @@ from miner_agent.fleet.link import EventHandler, ExecutorLink, LinkState
 
 log = logging.getLogger(__name__)
 
+MANIFEST_HOLD_S = 300.0  # one manifest poll period: a link down for less still counts
+
 
 @dataclass
 class Fleet:
@@ -25,6 +27,7 @@ class Fleet:
     on_event: EventHandler
     links: dict[str, ExecutorLink] = field(default_factory=dict)
     jobs: dict[str, set[str]] = field(default_factory=dict)  # executor name -> job uuids holding a slot
+    drained: set[str] = field(default_factory=set)  # finish what they run, take nothing new
     _idle_since: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,9 +44,19 @@ class Fleet:
         for link in self.links.values():
             await link.stop()
 
-    def manifest(self) -> dict[str, int]:
-        """Executors per class as configured: stable, so a short link drop never shrinks it."""
-        return dict(Counter(str(e.executor_class.value) for e in self.entries))
+    def manifest(self, now: float | None = None) -> dict[str, int]:
+        """Executors per class that are configured, not drained, and reachable.
+
+        "Reachable" forgives a drop shorter than `MANIFEST_HOLD_S`: validators read a
+        shrinking count as lost capacity and void the allowance already minted for it
+        (protocol.md §5.6), so one missed keepalive must not flap the manifest.
+        """
+        now = time.monotonic() if now is None else now
+        return dict(Counter(
+            str(e.executor_class.value)
+            for e in self.entries
+            if e.name not in self.drained and self.links[e.name].reachable(now, MANIFEST_HOLD_S)
+        ))
 
     def slots(self, name: str) -> int:
         hello = self.links[name].hello
@@ -55,6 +68,7 @@ class Fleet:
             e.name
             for e in self.entries
             if str(e.executor_class.value) == executor_class
+            and e.name not in self.drained
             and self.links[e.name].state is LinkState.UP
             and len(self.jobs[e.name]) < self.slots(e.name)
         ]
@@ -82,6 +96,12 @@ class Fleet:
 
     async def cancel(self, name: str, job_uuid: str, reason: str) -> None:
         await self.links[name].send(L.Cancel(job_uuid=job_uuid, reason=reason))
+
+    def drain(self, name: str, on: bool = True) -> None:
+        if name not in self.links:
+            raise KeyError(name)
+        (self.drained.add if on else self.drained.discard)(name)
+        log.info("executor %s executor=%s running_jobs=%d", "drained" if on else "undrained", name, len(self.jobs[name]))
 
     def down_for(self, name: str, now: float) -> float:
         since = self.links[name].down_since

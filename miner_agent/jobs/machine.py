@@ -31,7 +31,6 @@ from horde_protocol.messages import (
     V0JobFailedRequest,
     V0JobFinishedRequest,
     V0JobRequest,
-    V0MachineSpecsRequest,
     V0StreamingJobNotReadyRequest,
     V0StreamingJobReadyRequest,
     V0VolumesReadyRequest,
@@ -110,6 +109,13 @@ class Budget:
             t.upload_time_limit,
             t.streaming_start_time_limit,
         )
+
+    def total(self) -> float:
+        """The longest the validator waits for the whole job, from the offer."""
+        return self.readiness + self.leeway + self.download + self.execution + self.upload + self.streaming
+
+
+PROGRESS_ORDER = _PROGRESS_ORDER
 
 
 @dataclass
@@ -219,5 +225,5 @@ __all__ = [
     "Release",
     "ToExecutor",
     "ToValidator",
-    "V0MachineSpecsRequest",
+    "PROGRESS_ORDER",
 ]

@@ -23,7 +23,7 @@ from horde_protocol.messages import (
 )
 from miner_agent.fleet.link import LinkDown
 from miner_agent.fleet.pool import Fleet
-from miner_agent.jobs.machine import Budget, JobMachine, JobRequestRefused, JobState, Release, ToExecutor, ToValidator
+from miner_agent.jobs.machine import PROGRESS_ORDER, Budget, JobMachine, JobRequestRefused, JobState, Release, ToExecutor, ToValidator
 from miner_agent.jobs.store import JobStore
 from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
 
@@ -90,11 +90,13 @@ class JobService:
         now = time.time()
         for row in self.jobs_db.unfinished():
             initial = V0InitialJobRequest.model_validate_json(row.initial_json)
-            machine = JobMachine(row.job_uuid, Budget.from_initial(initial), started_at=row.created_unix,
+            budget = Budget.from_initial(initial)
+            machine = JobMachine(row.job_uuid, budget, started_at=row.created_unix,
                                  streaming=initial.streaming_details is not None, state=row.state)
-            if row.state is not JobState.SUBMITTED:
-                machine.progress = 1
-                machine.deadline = now + Budget.from_initial(initial).readiness + 3600  # re-derived on next event
+            sent = [PROGRESS_ORDER.get(t, 0) for t in self.jobs_db.sent_types(row.job_uuid)]
+            machine.progress = max(sent, default=0)
+            # Stage times were not kept; the whole budget from the offer is the honest bound.
+            machine.deadline = max(now, row.created_unix + budget.total())
             self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None)
             if row.executor_name in self.fleet.links:
                 self.fleet.bind(row.executor_name, row.job_uuid, row.last_executor_seq)

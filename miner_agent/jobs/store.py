@@ -7,6 +7,7 @@ connects again.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ class JobStore:
     def set_seq(self, job_uuid: str, seq: int) -> None:
         self.conn.execute("UPDATE jobs SET last_executor_seq=? WHERE job_uuid=?", (seq, job_uuid))
 
+    def drained(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM drained_executors")}
+
+    def set_drained(self, name: str, on: bool) -> None:
+        if on:
+            self.conn.execute("INSERT OR IGNORE INTO drained_executors (name) VALUES (?)", (name,))
+        else:
+            self.conn.execute("DELETE FROM drained_executors WHERE name=?", (name,))
+
     def unfinished(self) -> list[JobRow]:
         rows = self.conn.execute(
             "SELECT * FROM jobs WHERE state NOT IN (?, ?) ORDER BY created_unix",
@@ -77,6 +87,11 @@ class JobStore:
 
     def mark_delivered(self, job_uuid: str, n: int) -> None:
         self.conn.execute("UPDATE job_messages SET delivered=1 WHERE job_uuid=? AND n=?", (job_uuid, n))
+
+    def sent_types(self, job_uuid: str) -> list[str]:
+        """message_type of every message recorded for the job, in order."""
+        rows = self.conn.execute("SELECT message_json FROM job_messages WHERE job_uuid=? ORDER BY n", (job_uuid,))
+        return [json.loads(r[0]).get("message_type", "") for r in rows]
 
     def undelivered(self, validator: str) -> list[tuple[str, int, str]]:
         return [

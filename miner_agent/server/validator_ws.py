@@ -26,7 +26,7 @@ from horde_protocol.messages import (
     ValidatorAuthForMiner,
     malformed_details,
     parse_validator_frame,
-    validator_signature_blob,
+    validator_signature_ok,
 )
 from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
@@ -159,8 +159,7 @@ class _Handler:
 
     async def _signature_ok(self, message: V0InitialJobRequest | V0JobRequest, raw: dict) -> bool:
         """Verify the optional §12 `validator_signature`; absent is fine, wrong is refused."""
-        signature = message.validator_signature
-        if signature is None or verify(self.hotkey, validator_signature_blob(raw), signature):
+        if validator_signature_ok(raw, self.hotkey) is not False:
             return True
         log.warning("bad validator_signature validator=%s job=%s type=%s", self.hotkey, message.job_uuid, message.message_type)
         if isinstance(message, V0InitialJobRequest):
