@@ -10,7 +10,7 @@ from pathlib import Path
 from miner_agent import __version__
 from miner_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from miner_agent.keys import WalletError
-from miner_agent.logs import setup_logging
+from executor_agent.logs import setup_logging
 
 EPILOG = """\
 examples:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    setup_logging(args.verbose)
+    setup_logging("debug" if args.verbose else "info")
     from miner_agent.daemon import serve
 
     try:

@@ -35,6 +35,10 @@ class MinerSection(_Section):
     state_dir: Path = DEFAULT_STATE_DIR
     # How long a validator's auth timestamp stays valid (stock AUTH_MESSAGE_MAX_AGE).
     auth_max_age_s: int = Field(10, ge=1)
+    # Prometheus /metrics listener; loopback by default, never the public port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    metrics_enabled: bool = True
     # Local control socket for `miner-agent status/executors ...`; default <state_dir>/admin.sock.
     admin_socket: Path | None = None
     # Largest websocket frame a validator may send; a full V0JobRequest with an inline volume is the big one.

@@ -23,7 +23,9 @@ from miner_agent.jobs.service import JobService
 from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer, load_hotkey
 from miner_agent.receipts.store import ReceiptStore
+from miner_agent.metrics import MinerMetrics
 from miner_agent.server.admin import start_admin
+from miner_agent.server.metrics import attach_gauges, start_metrics
 from miner_agent.server.app import build_app
 from miner_agent.server.context import MinerContext
 
@@ -39,6 +41,8 @@ class MinerAgent:
         self.ctx: MinerContext | None = None
         self._runner: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
+        self._metrics: web.AppRunner | None = None
+        self.metrics_port: int = 0
         self.port: int = 0
 
     async def start(self) -> None:
@@ -56,13 +60,17 @@ class MinerAgent:
         jobs_db = JobStore(conn)
         for name in jobs_db.drained() & set(fleet.links):
             fleet.drain(name)
-        service = JobService(fleet, jobs_db, receipts)
+        metrics = MinerMetrics()
+        service = JobService(fleet, jobs_db, receipts, metrics)
         service_ref.append(service)
         service.restore()
         fleet.start()
         service.start()
-        self.ctx = MinerContext(cfg, signer, frozenset(cfg.validators.allow), fleet, service, receipts)
+        self.ctx = MinerContext(cfg, signer, frozenset(cfg.validators.allow), fleet, service, receipts, metrics)
+        attach_gauges(self.ctx)
         self._admin = await start_admin(self.ctx, cfg.admin_socket)
+        if cfg.miner.metrics_enabled:
+            self._metrics, self.metrics_port = await start_metrics(self.ctx, cfg.miner.metrics_host, cfg.miner.metrics_port)
         self._runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.miner.listen_host, cfg.miner.listen_port)
@@ -78,8 +86,9 @@ class MinerAgent:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._admin is not None:
-            await self._admin.cleanup()
+        for runner in (self._admin, self._metrics):
+            if runner is not None:
+                await runner.cleanup()
         if self.ctx is not None:
             running = len(self.ctx.service.jobs)
             await self.ctx.service.stop()

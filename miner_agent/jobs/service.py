@@ -25,6 +25,7 @@ from miner_agent.fleet.link import LinkDown
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.machine import PROGRESS_ORDER, Budget, JobMachine, JobRequestRefused, JobState, Release, ToExecutor, ToValidator
 from miner_agent.jobs.store import JobStore
+from miner_agent.metrics import MinerMetrics
 from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,23 @@ class Outbox:
         return sum(len(v) for v in self.sessions.values())
 
 
+# Which stage a progress message closes, for the stage-duration histogram.
+_STAGE_ENDED_BY = {
+    "V0ExecutorReadyRequest": "executor_startup",
+    "V0VolumesReadyRequest": "volume_download",
+    "V0ExecutionDoneRequest": "execution",
+    "V0JobFinishedRequest": "result_upload",
+}
+
+
 @dataclass
 class Job:
     machine: JobMachine
     validator: str
     executor_name: str
     sink: ValidatorSink | None
+    executor_class: str = ""
+    stage_started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -79,6 +91,7 @@ class JobService:
     fleet: Fleet
     jobs_db: JobStore
     receipts: ReceiptStore
+    metrics: MinerMetrics = field(default_factory=MinerMetrics)
     outbox: Outbox = field(default_factory=Outbox)
     jobs: dict[str, Job] = field(default_factory=dict)
     _ticker: asyncio.Task[None] | None = None
@@ -97,7 +110,7 @@ class JobService:
             machine.progress = max(sent, default=0)
             # Stage times were not kept; the whole budget from the offer is the honest bound.
             machine.deadline = max(now, row.created_unix + budget.total())
-            self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None)
+            self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None, row.executor_class)
             if row.executor_name in self.fleet.links:
                 self.fleet.bind(row.executor_name, row.job_uuid, row.last_executor_seq)
         if self.jobs:
@@ -129,7 +142,9 @@ class JobService:
 
     async def offer(self, sink: ValidatorSink, initial: V0InitialJobRequest) -> None:
         """A V0InitialJobRequest: accept with a reserved slot, or decline, within the 7 s."""
+        received = time.monotonic()
         uuid, validator = str(initial.job_uuid), sink.validator_hotkey
+        executor_class = str(initial.executor_class.value)
         if uuid in self.jobs or self.jobs_db.exists(uuid):
             await sink.send_text(GenericError(details=f"Job {uuid} already exists").model_dump_json())
             return
@@ -140,20 +155,22 @@ class JobService:
             self.receipts.accept(payload, initial.job_started_receipt_signature, validator)
         except ReceiptRejected as exc:
             log.warning("job declined job=%s validator=%s reason=invalid_receipt details=%r", uuid, validator, str(exc))
-            await self.decline(sink, uuid, "invalid_receipt", f"JobStartedReceipt rejected: {exc}")
+            await self.decline(sink, uuid, "invalid_receipt", f"JobStartedReceipt rejected: {exc}", cls=executor_class)
             return
-        executor_class = str(initial.executor_class.value)
         name = self.fleet.reserve(executor_class, uuid)
         if name is None:
             excuses = self.receipts.excuses(executor_class, payload.timestamp.timestamp(), uuid)
             log.info("job declined job=%s validator=%s reason=busy class=%s excuses=%d", uuid, validator, executor_class, len(excuses))
-            await self.decline(sink, uuid, "busy", "all executors of the class are busy", excuses)
+            await self.decline(sink, uuid, "busy", "all executors of the class are busy", excuses, cls=executor_class)
+            self.metrics.accept_latency.observe(time.monotonic() - received, outcome="declined")
             return
         machine = JobMachine(uuid, Budget.from_initial(initial), time.time(), streaming=initial.streaming_details is not None)
-        self.jobs[uuid] = Job(machine, validator, name, sink)
+        self.jobs[uuid] = Job(machine, validator, name, sink, executor_class)
         self.jobs_db.create(uuid, validator, executor_class, name, initial.model_dump_json())
         log.info("job accepted job=%s validator=%s class=%s executor=%s", uuid, validator, executor_class, name)
         await self._to_validator(uuid, V0AcceptJobRequest(job_uuid=uuid))
+        self.metrics.accept_latency.observe(time.monotonic() - received, outcome="accepted")
+        self.metrics.jobs.inc(outcome="accepted", executor_class=executor_class)
         try:
             await self.fleet.submit(name, initial)
         except LinkDown as exc:
@@ -220,6 +237,7 @@ class JobService:
             elif isinstance(action, ToExecutor):
                 await self._to_executor(job, action)
             elif isinstance(action, Release):
+                self.metrics.jobs.inc(outcome=action.outcome, executor_class=job.executor_class)
                 self.fleet.release(job.executor_name, uuid)
                 self.jobs.pop(uuid, None)
                 log.info("job ended job=%s validator=%s outcome=%s executor=%s", uuid, job.validator, action.outcome, job.executor_name)
@@ -228,6 +246,7 @@ class JobService:
         uuid = job.machine.job_uuid
         try:
             if action.request is not None:
+                job.stage_started = time.monotonic()  # the download stage starts with the payload
                 await self.fleet.payload(job.executor_name, action.request)
             if action.cancel is not None:
                 await self.fleet.cancel(job.executor_name, uuid, action.cancel)
@@ -237,6 +256,11 @@ class JobService:
 
     async def _to_validator(self, uuid: str, message: object) -> None:
         job = self.jobs.get(uuid)
+        stage = _STAGE_ENDED_BY.get(type(message).__name__)
+        if job is not None and stage is not None:
+            now = time.monotonic()
+            self.metrics.stage_duration.observe(now - job.stage_started, stage=stage, executor_class=job.executor_class)
+            job.stage_started = now
         text = message.model_dump_json()  # type: ignore[attr-defined]
         n = self.jobs_db.add_message(uuid, text)
         sink = self.outbox.pick(job.validator, job.sink) if job else None
@@ -245,6 +269,8 @@ class JobService:
         else:
             log.warning("job=%s message %s kept until the validator reconnects", uuid, type(message).__name__)
 
-    async def decline(self, sink: ValidatorSink, uuid: str, reason: str, message: str, receipts: list | None = None) -> None:
+    async def decline(self, sink: ValidatorSink, uuid: str, reason: str, message: str, receipts: list | None = None,
+                      cls: str = "") -> None:
+        self.metrics.jobs.inc(outcome=f"declined_{reason}", executor_class=cls)
         decline = V0DeclineJobRequest(job_uuid=uuid, reason=reason, message=message, receipts=receipts or [])
         await sink.send_text(decline.model_dump_json())

@@ -10,12 +10,8 @@ from miner_agent.config import MinerConfig
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.service import JobService
 from miner_agent.keys import Signer
+from miner_agent.metrics import MinerMetrics
 from miner_agent.receipts.store import ReceiptStore
-
-
-@dataclass
-class Metrics:
-    ws_open: int = 0
 
 
 @dataclass
@@ -26,7 +22,7 @@ class MinerContext:
     fleet: Fleet
     service: JobService
     receipts: ReceiptStore
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: MinerMetrics = field(default_factory=MinerMetrics)
 
     def main_hotkey(self) -> str:
         """The hotkey that should get the coldkey's main share; rotation comes with the chain duties."""

@@ -1,0 +1,116 @@
+"""Executor agent configuration: one TOML file, every value with a documented default.
+
+The file is `/etc/executor-agent/executor-agent.toml` under systemd. Every key is
+optional; an empty file gives a working agent on a stock podman host. Units are in
+the key names so a reader never has to guess (`_s`, `_bytes`, `_mib`).
+
+Example::
+
+    socket_path = "/run/executor-agent/agent.sock"
+    jobs_dir = "/var/lib/executor-agent/jobs"
+    podman_url = "unix:///run/podman/podman.sock"
+    slots = 1
+    keep_job_dirs = false
+    image_policy = "local_or_pull"
+
+    [container]
+    memory_limit_mib = 0        # 0 = no limit
+    pids_limit = 16384
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is one line naming the file and the key."""
+
+
+class ImagePolicy(str, Enum):
+    """What the startup stage does when the job image is not in local storage.
+
+    `local_or_pull`: pull it (stock behaviour, but the stock executor pulls every time;
+    we only pull when missing, so preloaded images cost nothing).
+    `local_only`: fail the job at once; for hosts that only run preloaded images.
+    """
+
+    LOCAL_OR_PULL = "local_or_pull"
+    LOCAL_ONLY = "local_only"
+
+
+class ContainerLimits(BaseModel):
+    """Resource limits for job containers. The stock executor sets none; we cap pids so a
+    fork bomb cannot take the host, and leave memory to the operator (GPU jobs vary)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_limit_mib: int = Field(0, ge=0, description="0 = no limit (memory+swap are set equal)")
+    pids_limit: int = Field(16384, ge=0, description="tasks (threads count) per container; 0 = no limit")
+    shm_size_mib: int = Field(0, ge=0, description="/dev/shm size; 0 = podman's default (64 MiB)")
+
+
+class AgentConfig(BaseModel):
+    """Everything the executor agent reads at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    socket_path: Path = Field(
+        Path("/run/executor-agent/agent.sock"),
+        description="unix socket the miner agent talks to (directly or via SSH streamlocal); mode 0600",
+    )
+    jobs_dir: Path = Field(
+        Path("/var/lib/executor-agent/jobs"),
+        description="one dir per job: volume/, output/, artifacts/, events.jsonl",
+    )
+    podman_url: str = Field(
+        "unix:///run/podman/podman.sock",
+        description="podman API service; containers started through it outlive this agent",
+    )
+    slots: int = Field(1, ge=1, description="how many jobs may run at once on this host")
+    keep_job_dirs: bool = Field(
+        False,
+        description="keep volume/output and the container after a job ends (debugging; "
+        "like the stock DEBUG_AUTO_REMOVE_EXECUTOR_CONTAINERS=false)",
+    )
+    image_policy: ImagePolicy = Field(ImagePolicy.LOCAL_OR_PULL)
+    image_pull_timeout_s: float = Field(
+        240.0, gt=0, description="bound on one pull; the validator's startup budget is usually far smaller"
+    )
+    finished_job_retention_s: float = Field(
+        3600.0, ge=0, description="how long events.jsonl of a finished job stays for a late attach"
+    )
+    container: ContainerLimits = Field(default_factory=ContainerLimits)
+
+
+def load_config(path: Path | str | None) -> AgentConfig:
+    """Read and validate a TOML config; None or a missing default path gives the defaults.
+
+    Raises ConfigError with a one-line message that names the file and the offending key.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return AgentConfig()
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config with an existing TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {key}: {first['msg']}{more}") from None

@@ -1,0 +1,375 @@
+"""One job's lifecycle on this host: startup, download, execution, upload (behaviour.md §2.2).
+
+A `JobRun` owns its job dir and its container and reports through an `emit` callback
+(the registry numbers, logs and fans out each message). Failures are two flat
+exceptions translated once, at the end of `run()`, into the exact stock messages of
+protocol.md §5.4: `JobFailure` (the job's fault -> V0JobFailedRequest) and
+`HordeFailure` (ours -> V0HordeFailedRequest, reported_by "executor").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobParticipantType, JobStage
+from horde_protocol.messages import (
+    V0ExecutionDoneRequest,
+    V0ExecutorReadyRequest,
+    V0HordeFailedRequest,
+    V0InitialJobRequest,
+    V0JobFailedRequest,
+    V0JobFinishedRequest,
+    V0JobRequest,
+    V0VolumesReadyRequest,
+)
+
+from executor_agent.config import AgentConfig, ImagePolicy
+from executor_agent.daemon.deadline import (
+    DOWNLOAD,
+    EXECUTION,
+    STAGE_TIMEOUT_MESSAGES,
+    UPLOAD,
+    Deadline,
+    NoTiming,
+    StageBudgets,
+)
+from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
+from executor_agent.runner import outputs
+from executor_agent.runner.podman import JobContainerSpec, Podman
+from executor_agent.runner.uploads import UploadError, UploadLimits, upload_outputs
+from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
+
+log = logging.getLogger(__name__)
+
+STARTUP = "executor_startup"
+CONTAINER_TIMEOUT_MESSAGE = "Job container timed out during execution"
+PULL_FAILED_MESSAGE = "Failed to pull docker image"
+MULTIPLE_VOLUMES_MESSAGE = "Received multiple volumes"
+START_SETTLE_TIMEOUT_S = 30.0  # a cancelled start may still finish; wait this long to learn its id
+SHARED_DIR_MODE = 0o777  # the job may run as any user; the stock executor chmods 777 too
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+class JobFailure(Exception):
+    """The job's own fault; becomes V0JobFailedRequest at the current stage."""
+
+    def __init__(self, reason: JobFailureReason, message: str, *, exit_status: int | None = None,
+                 stdout: str | None = None, stderr: str | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+        self.exit_status, self.stdout, self.stderr = exit_status, stdout, stderr
+
+
+class HordeFailure(Exception):
+    """Our (infrastructure) fault; becomes V0HordeFailedRequest reported_by executor."""
+
+    def __init__(self, reason: HordeFailureReason, message: str, context: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.context = reason, message, context
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    """<jobs_dir>/<uuid>/{volume,output,artifacts,events.jsonl,script.py}."""
+
+    root: Path
+
+    @property
+    def volume(self) -> Path:
+        return self.root / "volume"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def script(self) -> Path:
+        return self.root / "script.py"
+
+    def create(self) -> None:
+        for d in (self.volume, self.output, self.artifacts):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, SHARED_DIR_MODE)
+
+    def remove_work(self) -> None:
+        """Delete everything but the event log, which a late attach still needs."""
+        for d in (self.volume, self.output, self.artifacts):
+            shutil.rmtree(d, ignore_errors=True)
+        self.script.unlink(missing_ok=True)
+
+
+class JobRun:
+    """Runs one job to exactly one terminal message. `cancel()` ends it with a horde
+    failure; cancelling the task without `cancel()` (agent shutdown) emits nothing and
+    leaves the container running, so a restarted agent can pick it up."""
+
+    def __init__(self, initial: V0InitialJobRequest, dirs: JobDirs, config: AgentConfig,
+                 podman: Podman, emit: Emit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.job_uuid = initial.job_uuid
+        self.initial = initial
+        self.dirs = dirs
+        self.config = config
+        self.podman = podman
+        self._emit = emit
+        self._clock = clock
+        self.stage = STARTUP
+        self.container_id: str | None = None
+        self.cancel_reason: str | None = None
+        self.payload: asyncio.Future[V0JobRequest] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.detaching = False
+        self._ending = False  # set once the terminal message is decided; cancel() is then too late
+
+    def start(self, resume: RunningState | None = None) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self.run(resume), name=f"job-{self.job_uuid}")
+        return self.task
+
+    def give_payload(self, request: V0JobRequest) -> bool:
+        """False when a payload was already given (the caller answers with a LinkError)."""
+        if self.payload.done():
+            return False
+        self.payload.set_result(request)
+        return True
+
+    def detach(self) -> None:
+        """Agent shutdown: stop this task but leave the container running for the next agent."""
+        self.detaching = True
+        if self.task is not None and not self.task.done() and not self._ending:
+            self.task.cancel()  # once the terminal event is out, let the short cleanup finish
+
+    def cancel(self, reason: str) -> bool:
+        """Ask the job to end with a horde failure; False once its terminal event is decided."""
+        if self._ending or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return True
+
+    async def run(self, resume: RunningState | None = None) -> None:
+        """The whole job, or (after an agent restart) its rest from the running container."""
+        started = self._clock()
+        try:
+            terminal = await (self._resumed(resume) if resume is not None else self._lifecycle())
+        except JobFailure as exc:
+            terminal = V0JobFailedRequest(
+                job_uuid=self.job_uuid, message=exc.message, reason=exc.reason, stage=JobStage(self.stage),
+                docker_process_exit_status=exc.exit_status, docker_process_stdout=exc.stdout,
+                docker_process_stderr=exc.stderr,
+            )
+        except HordeFailure as exc:
+            terminal = self._horde(exc.reason, exc.message, exc.context)
+        except asyncio.CancelledError:
+            if self.detaching or self.cancel_reason is None:
+                log.info("job left running on shutdown job=%s stage=%s", self.job_uuid, self.stage)
+                raise
+            await self._kill_container()
+            text = f"Job cancelled by miner: {self.cancel_reason}" if self.cancel_reason else "Job cancelled by miner"
+            terminal = self._horde(HordeFailureReason.GENERIC_ERROR, text, {"stage": self.stage})
+        except Exception as exc:  # noqa: BLE001 - every other error is ours, reported, never lost
+            log.exception("unhandled exception job=%s stage=%s", self.job_uuid, self.stage)
+            terminal = self._horde(HordeFailureReason.UNHANDLED_EXCEPTION, "Unhandled exception",
+                                   {"exception_type": type(exc).__name__, "stage": self.stage})
+        self._ending = True
+        await self._emit(terminal)
+        log.info("job ended job=%s stage=%s result=%s took_ms=%d", self.job_uuid, self.stage,
+                 terminal.message_type, (self._clock() - started) * 1000)
+        await self._cleanup()
+
+    def _horde(self, reason: HordeFailureReason, message: str, context: dict[str, Any] | None) -> Any:
+        return V0HordeFailedRequest(job_uuid=self.job_uuid, reported_by=JobParticipantType.EXECUTOR,
+                                    reason=reason, message=message, context=context)
+
+    async def _lifecycle(self) -> Any:
+        """The happy path, stage by stage; returns the V0JobFinishedRequest."""
+        try:
+            budgets = StageBudgets.from_initial(self.initial.executor_timing, self.initial.timeout_seconds)
+        except NoTiming as exc:
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, str(exc)) from None
+        self.dirs.create()
+        if self.initial.docker_image:
+            await self._ensure_image(self.initial.docker_image)
+        await self._emit(V0ExecutorReadyRequest(job_uuid=self.job_uuid))
+        deadline = Deadline(budgets, self._clock())
+
+        request = await self._stage(deadline, DOWNLOAD, self._download)
+        exit_code, stdout, stderr = await self._stage(deadline, EXECUTION, lambda: self._execute(request, deadline))
+        return await self._stage(deadline, UPLOAD, lambda: self._upload(request, exit_code, stdout, stderr))
+
+    async def _resumed(self, state: RunningState) -> Any:
+        """Pick the job up at its running (or exited) container after an agent restart."""
+        self.container_id = state.container_id
+        self.payload.set_result(state.request)
+        deadline = state.deadline(self._clock())
+        log.info("job resumed job=%s stage=execution left_s=%.1f", self.job_uuid, deadline.remaining(self._clock()))
+        exit_code, stdout, stderr = await self._stage(deadline, EXECUTION, lambda: self._await_container(deadline),
+                                                      extend=False)
+        return await self._stage(deadline, UPLOAD, lambda: self._upload(state.request, exit_code, stdout, stderr))
+
+    async def _stage(self, deadline: Deadline, stage: str, body: Callable[[], Awaitable[Any]],
+                     extend: bool = True) -> Any:
+        """Run one stage within the shared deadline; overrunning it is the job's `timeout`."""
+        self.stage = stage
+        left = deadline.enter(stage, self._clock()) if extend else deadline.remaining(self._clock())
+        log.debug("stage entered job=%s stage=%s left_s=%.2f", self.job_uuid, stage, left)
+        scope = asyncio.timeout(left)
+        try:
+            async with scope:
+                return await body()
+        except TimeoutError:
+            if scope.expired():
+                raise JobFailure(JobFailureReason.TIMEOUT, STAGE_TIMEOUT_MESSAGES[stage]) from None
+            raise
+
+    async def _ensure_image(self, image: str) -> None:
+        pull = self.config.image_policy == ImagePolicy.LOCAL_OR_PULL
+        if not await self.podman.ensure_image(image, pull=pull, timeout_s=self.config.image_pull_timeout_s):
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, PULL_FAILED_MESSAGE, {"docker_image": image})
+
+    async def _download(self) -> V0JobRequest:
+        request = await self.payload
+        if self.initial.volume is not None and request.volume is not None:
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, MULTIPLE_VOLUMES_MESSAGE)
+        volume = request.volume if request.volume is not None else self.initial.volume
+        if volume is not None:
+            try:
+                await fetch_volume(volume, self.dirs.volume, VolumeLimits())
+            except VolumeError as exc:
+                raise JobFailure(JobFailureReason.DOWNLOAD_FAILED, f"Download failed: {exc}") from exc
+            await asyncio.to_thread(_chmod_tree, self.dirs.volume)
+        if request.docker_image != self.initial.docker_image:
+            await self._ensure_image(request.docker_image)
+        await self._emit(V0VolumesReadyRequest(job_uuid=self.job_uuid))
+        return request
+
+    async def _execute(self, request: V0JobRequest, deadline: Deadline) -> tuple[int, str, str]:
+        command = list(request.docker_run_cmd or [])
+        script = None
+        if request.raw_script:
+            self.dirs.script.write_text(request.raw_script)
+            script = self.dirs.script
+            if not command:
+                command = ["python", "/script.py"]
+        limits = self.config.container
+        spec = JobContainerSpec(
+            job_uuid=self.job_uuid, image=request.docker_image, command=command,
+            volume_dir=self.dirs.volume, output_dir=self.dirs.output, env=dict(request.env or {}),
+            gpu_preset=str(request.docker_run_options_preset),
+            artifacts_dir=self.dirs.artifacts if request.artifacts_dir else None,
+            artifacts_target=request.artifacts_dir, script_path=script,
+            memory_limit_mib=limits.memory_limit_mib, pids_limit=limits.pids_limit,
+            shm_size_mib=limits.shm_size_mib,
+        )
+        try:
+            self.container_id = await self._start_container(spec)
+        except BaseException:
+            if not self.detaching:
+                await self._kill_container()
+            raise
+        log.info("container started job=%s stage=execution container=%s", self.job_uuid, self.container_id[:12])
+        await asyncio.to_thread(save_running_state, self.dirs.root, self.initial, request, self.container_id,
+                                deadline, self._clock())
+        return await self._await_container(deadline)
+
+    async def _await_container(self, deadline: Deadline) -> tuple[int, str, str]:
+        assert self.container_id is not None
+        try:
+            exit_code = await self.podman.wait(self.container_id, deadline.container_timeout(self._clock()))
+            if exit_code is None:
+                await self.podman.kill(self.container_id)
+            stdout, stderr = await self.podman.logs(self.container_id)
+        except BaseException:
+            if not self.detaching:
+                await self._kill_container()
+            raise
+        if exit_code is None:
+            raise JobFailure(JobFailureReason.TIMEOUT, CONTAINER_TIMEOUT_MESSAGE,
+                             stdout=outputs.truncate_output(stdout), stderr=outputs.truncate_output(stderr))
+        if exit_code != 0:
+            raise JobFailure(JobFailureReason.NONZERO_RETURN_CODE,
+                             f"Job container exited with non-zero exit code: {exit_code}",
+                             exit_status=exit_code, stdout=outputs.truncate_output(stdout),
+                             stderr=outputs.truncate_output(stderr))
+        await self._emit(V0ExecutionDoneRequest(job_uuid=self.job_uuid))
+        return exit_code, stdout, stderr
+
+    async def _start_container(self, spec: JobContainerSpec) -> str:
+        """Start, and learn the container id even when cancelled meanwhile, so a cancel
+        or stage timeout in the middle of a start still finds a container to kill."""
+        start = asyncio.ensure_future(self.podman.start_job(spec))
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                self.container_id = await asyncio.wait_for(start, START_SETTLE_TIMEOUT_S)
+            raise
+
+    async def _upload(self, request: V0JobRequest, exit_code: int, stdout: str, stderr: str) -> Any:
+        short_out, short_err = outputs.truncate_output(stdout), outputs.truncate_output(stderr)
+        await asyncio.to_thread(outputs.write_full_outputs, self.dirs.output, stdout, stderr)
+        artifacts: dict[str, str] = {}
+        if request.artifacts_dir:
+            artifacts = await asyncio.to_thread(outputs.collect_artifacts, self.dirs.artifacts, request.artifacts_dir)
+        upload_results: dict[str, str] = {}
+        if request.output_upload is not None:
+            try:
+                upload_results = await upload_outputs(request.output_upload, self.dirs.output, UploadLimits())
+            except UploadError as exc:
+                raise JobFailure(JobFailureReason.UPLOAD_FAILED, "Upload failed", exit_status=exit_code,
+                                 stdout=short_out, stderr=short_err) from exc
+        return V0JobFinishedRequest(job_uuid=self.job_uuid, docker_process_stdout=short_out,
+                                    docker_process_stderr=short_err, artifacts=artifacts,
+                                    upload_results=upload_results)
+
+    async def _kill_container(self) -> None:
+        """Best effort, shielded so a second cancellation cannot leave the container running.
+        Looks the container up by job label too: the id is unknown if creation raced us."""
+        try:
+            await asyncio.shield(self._kill_all())
+        except Exception:  # noqa: BLE001 - logged; cleanup goes on
+            log.warning("container kill failed job=%s", self.job_uuid, exc_info=True)
+
+    async def _kill_all(self) -> None:
+        ids = {c.container_id for c in await self.podman.job_containers(self.job_uuid)}
+        if self.container_id is not None:
+            ids.add(self.container_id)
+        for container_id in ids:
+            await self.podman.kill(container_id)
+
+    async def _cleanup(self) -> None:
+        """After the terminal event: remove the container(s) and the work dirs (unless kept)."""
+        if self.config.keep_job_dirs:
+            return
+        try:
+            for container in await self.podman.job_containers(self.job_uuid):
+                await self.podman.remove(container.container_id)
+            if self.container_id is not None:
+                await self.podman.remove(self.container_id)
+            await asyncio.to_thread(self.dirs.remove_work)
+            drop_running_state(self.dirs.root)
+        except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
+            log.warning("cleanup failed job=%s", self.job_uuid, exc_info=True)
+
+
+def _chmod_tree(root: Path) -> None:
+    """Let a non-root job user read everything it was given (stock: chmod -R 777)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, SHARED_DIR_MODE)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, SHARED_DIR_MODE)

@@ -1,0 +1,257 @@
+"""A small async interface over podman-py, the only place that talks to podman.
+
+podman-py is synchronous (requests), so every call runs in a worker thread. Job
+containers are created and started through the podman API *service* (podman.socket),
+never as children of this process, so they survive an agent restart; the job uuid
+label is how a restarted agent (or a test) finds them again.
+
+Podman 4.3 gotchas handled here (see test-environment.md §1):
+* `images.pull()` does not raise for a missing image: we check `images.exists()` after.
+* `wait()` polls every 250 ms by default: we pass `interval="20ms"`.
+* `wait(timeout=...)` raises a requests read timeout dressed as APIError: we bound the
+  wait with asyncio instead and kill the container, which ends the blocked thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import podman
+from podman.errors import APIError, NotFound, PodmanError
+
+log = logging.getLogger(__name__)
+
+JOB_LABEL = "io.computehorde.job-uuid"
+WAIT_POLL_INTERVAL = "20ms"  # podman-py's default of 250 ms adds up to a quarter second per job
+KILL_WAIT_S = 10.0  # after SIGKILL the container must be gone from `running` within this bound
+NOT_RUNNING_TEXTS = ("can only kill running containers", "not running", "state improper")
+CDI_ALL_GPUS = "nvidia.com/gpu=all"
+GPU_PRESET_DEVICES: dict[str, list[str]] = {"nvidia_all": [CDI_ALL_GPUS], "none": []}
+MIB = 1024 * 1024
+
+
+class RunnerError(Exception):
+    """Podman could not do what we asked (infrastructure fault, not the job's)."""
+
+
+class UnknownPreset(RunnerError):
+    pass
+
+
+def normalize_image(ref: str) -> str:
+    """Append `:latest` to an untagged reference, as the stock executor does.
+
+    A colon in the last path component is a tag; one before a slash is a registry port
+    (`localhost:5000/img`); a digest (`@sha256:...`) needs no tag.
+    """
+    if "@" in ref:
+        return ref
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last else f"{ref}:latest"
+
+
+@dataclass(frozen=True)
+class JobContainerSpec:
+    """What a job container needs; built from the V0JobRequest by the daemon."""
+
+    job_uuid: str
+    image: str
+    command: list[str]
+    volume_dir: Path
+    output_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    gpu_preset: str = "none"
+    artifacts_dir: Path | None = None  # host side of the bind
+    artifacts_target: str | None = None  # container side (V0JobRequest.artifacts_dir)
+    script_path: Path | None = None  # host file mounted at /script.py
+    memory_limit_mib: int = 0
+    pids_limit: int = 0
+    shm_size_mib: int = 0
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """podman-py `containers.create` keyword arguments (pure, unit-testable)."""
+        if self.gpu_preset not in GPU_PRESET_DEVICES:
+            raise UnknownPreset(f"unknown docker_run_options_preset {self.gpu_preset!r}")
+        mounts: list[dict[str, Any]] = [
+            _bind(self.volume_dir, "/volume", read_only=True),
+            _bind(self.output_dir, "/output", read_only=False),
+        ]
+        if self.artifacts_dir is not None and self.artifacts_target:
+            mounts.append(_bind(self.artifacts_dir, self.artifacts_target, read_only=False))
+        if self.script_path is not None:
+            mounts.append(_bind(self.script_path, "/script.py", read_only=True))
+        kwargs: dict[str, Any] = {
+            "image": normalize_image(self.image),
+            "labels": {JOB_LABEL: self.job_uuid},
+            "name": f"ch-{self.job_uuid}-job",
+            "network_mode": "none",
+            "mounts": mounts,
+            "environment": dict(self.env),
+            "devices": list(GPU_PRESET_DEVICES[self.gpu_preset]),
+        }
+        if self.command:
+            kwargs["command"] = list(self.command)
+        if self.memory_limit_mib:
+            kwargs["mem_limit"] = self.memory_limit_mib * MIB
+            kwargs["memswap_limit"] = self.memory_limit_mib * MIB
+        if self.pids_limit:
+            kwargs["pids_limit"] = self.pids_limit
+        if self.shm_size_mib:
+            kwargs["shm_size"] = self.shm_size_mib * MIB
+        return kwargs
+
+
+def _bind(source: Path, target: str, *, read_only: bool) -> dict[str, Any]:
+    return {"type": "bind", "source": str(source), "target": target, "read_only": read_only}
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    container_id: str
+    status: str  # created, running, exited, ...
+    exit_code: int | None
+
+
+class Podman:
+    """Async facade over one podman API service. Methods translate podman errors into
+    RunnerError once, here, so callers handle a single exception type."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client = podman.PodmanClient(base_url=url)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except NotFound:
+            raise
+        except (PodmanError, OSError) as exc:
+            raise RunnerError(f"podman {getattr(fn, '__name__', fn)}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._client.ping))
+        except (RunnerError, NotFound):
+            return False
+
+    async def image_exists(self, image: str) -> bool:
+        return bool(await self._call(self._client.images.exists, normalize_image(image)))
+
+    async def ensure_image(self, image: str, *, pull: bool, timeout_s: float) -> bool:
+        """True when the image is present locally, pulling it first if allowed."""
+        ref = normalize_image(image)
+        if await self.image_exists(ref):
+            return True
+        if not pull:
+            return False
+        repo, _, tag = ref.rpartition(":") if "@" not in ref else (ref, "", None)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._call(self._client.images.pull, repo, tag=tag or None)
+        except (RunnerError, NotFound, TimeoutError) as exc:
+            log.warning("image pull failed image=%s error=%s", ref, str(exc).replace("\n", " ")[:200])
+            return False
+        return await self.image_exists(ref)
+
+    async def start_job(self, spec: JobContainerSpec) -> str:
+        """Create and start the job container; returns its id. On a failed start the
+        created container is removed so nothing half-made is left behind."""
+        kwargs = spec.create_kwargs()
+        container = await self._call(self._client.containers.create, **kwargs)
+        try:
+            await self._call(container.start)
+        except (RunnerError, NotFound):
+            await self.remove(container.id)
+            raise
+        return str(container.id)
+
+    async def wait(self, container_id: str, timeout_s: float) -> int | None:
+        """Exit code, or None when the container still runs after timeout_s.
+
+        The blocked worker thread is left behind on timeout; the caller kills the
+        container next, which makes podman answer and the thread return.
+        """
+        container = await self._get(container_id)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return int(await self._call(container.wait, condition="exited", interval=WAIT_POLL_INTERVAL))
+        except TimeoutError:
+            return None
+
+    async def kill(self, container_id: str) -> None:
+        """SIGKILL (no grace: a job over its limit has had its time); ignores a gone container."""
+        try:
+            container = await self._get(container_id)
+            await self._call(container.kill, signal="SIGKILL")
+        except NotFound:
+            return
+        except RunnerError as exc:
+            # podman 4.3 answers 500 "can only kill running containers ... state improper"
+            if not any(text in str(exc) for text in NOT_RUNNING_TEXTS):
+                raise
+            return
+        await self.wait(container_id, KILL_WAIT_S)
+
+    async def logs(self, container_id: str) -> tuple[str, str]:
+        """Full stdout and stderr, fetched separately after exit (decoded, invalid bytes replaced)."""
+        container = await self._get(container_id)
+
+        def read(stdout: bool) -> bytes:
+            return b"".join(container.logs(stdout=stdout, stderr=not stdout, stream=False))
+
+        out = await self._call(read, True)
+        err = await self._call(read, False)
+        return out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        try:
+            container = await self._get(container_id)
+        except NotFound:
+            return None
+        st = container.attrs.get("State", {})
+        code = st.get("ExitCode")
+        return ContainerState(str(container.id), str(st.get("Status", "")), int(code) if code is not None else None)
+
+    async def remove(self, container_id: str) -> None:
+        """Force-remove; a container that is already gone is fine."""
+        try:
+            await self._call(self._client.containers.remove, container_id, force=True)
+        except NotFound:
+            pass
+
+    async def job_containers(self, job_uuid: str | None = None) -> list[ContainerState]:
+        """Containers carrying our job label (all of them, or one job's)."""
+        label = f"{JOB_LABEL}={job_uuid}" if job_uuid else JOB_LABEL
+        found = await self._call(self._client.containers.list, all=True, filters={"label": label})
+        result = []
+        for c in found:
+            st = c.attrs.get("State")
+            status = st if isinstance(st, str) else (st or {}).get("Status", "")
+            result.append(ContainerState(str(c.id), str(status), c.attrs.get("ExitCode")))
+        return result
+
+    async def job_label_of(self, container_id: str) -> str | None:
+        container = await self._get(container_id)
+        return (container.labels or {}).get(JOB_LABEL)
+
+    async def _get(self, container_id: str) -> Any:
+        return await self._call(self._client.containers.get, container_id)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+__all__ = [
+    "APIError",
+    "ContainerState",
+    "JOB_LABEL",
+    "JobContainerSpec",
+    "NotFound",
+    "Podman",
+    "RunnerError",
+    "normalize_image",
+]
