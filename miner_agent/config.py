@@ -35,6 +35,9 @@ class MinerSection(_Section):
     state_dir: Path = DEFAULT_STATE_DIR
     # How long a validator's auth timestamp stays valid (stock AUTH_MESSAGE_MAX_AGE).
     auth_max_age_s: int = Field(10, ge=1)
+    # An executor whose link stays down this long has its running jobs failed
+    # (V0HordeFailedRequest executor_disconnected); shorter drops are re-attached.
+    executor_lost_after_s: float = Field(60.0, gt=0)
     # Prometheus /metrics listener; loopback by default, never the public port.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535)

@@ -61,7 +61,7 @@ class MinerAgent:
         for name in jobs_db.drained() & set(fleet.links):
             fleet.drain(name)
         metrics = MinerMetrics()
-        service = JobService(fleet, jobs_db, receipts, metrics)
+        service = JobService(fleet, jobs_db, receipts, metrics, cfg.miner.executor_lost_after_s)
         service_ref.append(service)
         service.restore()
         fleet.start()

@@ -31,7 +31,6 @@ from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
-LINK_LOSS_GRACE_S = 60.0  # an executor link down this long fails its jobs (SSH keepalives reconnect sooner)
 
 
 class ValidatorSink(Protocol):
@@ -92,6 +91,7 @@ class JobService:
     jobs_db: JobStore
     receipts: ReceiptStore
     metrics: MinerMetrics = field(default_factory=MinerMetrics)
+    executor_lost_after_s: float = 60.0  # [miner] executor_lost_after_s
     outbox: Outbox = field(default_factory=Outbox)
     jobs: dict[str, Job] = field(default_factory=dict)
     _ticker: asyncio.Task[None] | None = None
@@ -215,8 +215,8 @@ class JobService:
 
     async def tick(self, now: float, mono_now: float) -> None:
         for uuid, job in list(self.jobs.items()):
-            if self.fleet.down_for(job.executor_name, mono_now) > LINK_LOSS_GRACE_S:
-                details = f"Executor {job.executor_name} unreachable for over {LINK_LOSS_GRACE_S:.0f} s"
+            if self.fleet.down_for(job.executor_name, mono_now) > self.executor_lost_after_s:
+                details = f"Executor {job.executor_name} unreachable for over {self.executor_lost_after_s:g} s"
                 await self._run(uuid, job.machine.on_executor_lost(now, details))
             else:
                 await self._run(uuid, job.machine.on_tick(now))
