@@ -9,6 +9,7 @@ from pathlib import Path
 
 from miner_agent import __version__
 from miner_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from miner_agent.fleet.manager import ManagerLoadError
 from miner_agent.keys import WalletError
 from executor_agent.logs import setup_logging
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             from miner_agent.selftest.demo import demo_job
 
             return asyncio.run(demo_job(load_config(args.config), args))
-    except (ConfigError, WalletError) as exc:
+    except (ConfigError, WalletError, ManagerLoadError) as exc:
         print(f"miner-agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

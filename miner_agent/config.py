@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -83,11 +83,19 @@ class SshExecutor(_ExecutorBase):
 ExecutorEntry = Annotated[Union[LocalExecutor, SshExecutor], Field(discriminator="mode")]
 
 
+class ExecutorManagerSection(_Section):
+    # Dotted path of a miner_agent.fleet.manager.BaseExecutorManager subclass that starts
+    # executors on demand (the stock EXECUTOR_MANAGER_CLASS_PATH); unset = none.
+    class_path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class MinerConfig(_Section):
     miner: MinerSection = Field(default_factory=MinerSection)
     wallet: WalletSection = Field(default_factory=WalletSection)
     validators: ValidatorsSection = Field(default_factory=ValidatorsSection)
     executors: list[ExecutorEntry] = Field(default_factory=lambda: [LocalExecutor(name="local")])
+    executor_manager: ExecutorManagerSection = Field(default_factory=ExecutorManagerSection)
 
     @model_validator(mode="after")
     def _unique_executor_names(self) -> MinerConfig:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from miner_agent.config import MinerConfig
 from miner_agent.db import open_db
+from miner_agent.fleet.manager import load_manager
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.service import JobService
 from miner_agent.jobs.store import JobStore
@@ -56,7 +57,10 @@ class MinerAgent:
         async def on_event(name: str, event: object) -> None:
             await service_ref[0].on_event(name, event)  # type: ignore[arg-type]
 
-        fleet = Fleet(list(cfg.executors), on_event)
+        manager = None
+        if cfg.executor_manager.class_path:
+            manager = load_manager(cfg.executor_manager.class_path, cfg.executor_manager.options)
+        fleet = Fleet(list(cfg.executors), on_event, manager=manager)
         jobs_db = JobStore(conn)
         for name in jobs_db.drained() & set(fleet.links):
             fleet.drain(name)

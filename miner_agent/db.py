@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     validator_hotkey TEXT NOT NULL,
     executor_class TEXT NOT NULL,
     executor_name TEXT NOT NULL,
+    executor_endpoint TEXT,  -- JSON of a manager-started executor's endpoint; NULL for configured ones
     state TEXT NOT NULL,
     initial_json TEXT NOT NULL,
     request_json TEXT,

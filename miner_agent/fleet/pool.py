@@ -2,19 +2,25 @@
 
 A job is accepted only after `reserve` has taken a slot on an executor whose link is up,
 so an accept is a promise we can keep. Among free executors of the class the one idle
-the longest is chosen, which spreads jobs evenly.
+the longest is chosen, which spreads jobs evenly. Configured executors go first; when
+an executor-manager plugin is configured it supplies one more executor per job, up to
+its own manifest, started after the accept (fleet/manager.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from executor_agent import link as L
-from miner_agent.config import ExecutorEntry
+from horde_protocol.enums import ExecutorClass
+from miner_agent.config import ExecutorEntry, LocalExecutor, SshExecutor
 from miner_agent.fleet.link import EventHandler, ExecutorLink, LinkState
+from miner_agent.fleet.manager import BaseExecutorManager, ExecutorUnavailable, ManagedExecutor
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,11 @@ class Fleet:
     links: dict[str, ExecutorLink] = field(default_factory=dict)
     jobs: dict[str, set[str]] = field(default_factory=dict)  # executor name -> job uuids holding a slot
     drained: set[str] = field(default_factory=set)  # finish what they run, take nothing new
+    manager: BaseExecutorManager | None = None
+    managed_class: dict[str, str] = field(default_factory=dict)  # manager executor name -> class, reserve..retire
+    managed: dict[str, ManagedExecutor] = field(default_factory=dict)  # started ones
     _idle_since: dict[str, float] = field(default_factory=dict)
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for entry in self.entries:
@@ -41,8 +51,11 @@ class Fleet:
             link.start()
 
     async def stop(self) -> None:
-        for link in self.links.values():
+        """Close every link; manager-started executors keep running and are re-adopted on restart."""
+        for link in list(self.links.values()):
             await link.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def manifest(self, now: float | None = None) -> dict[str, int]:
         """Executors per class that are configured, not drained, and reachable.
@@ -52,13 +65,27 @@ class Fleet:
         (protocol.md §5.6), so one missed keepalive must not flap the manifest.
         """
         now = time.monotonic() if now is None else now
-        return dict(Counter(
+        counts = Counter(
             str(e.executor_class.value)
             for e in self.entries
             if e.name not in self.drained and self.links[e.name].reachable(now, MANIFEST_HOLD_S)
-        ))
+        )
+        for cls, n in self._manager_manifest().items():
+            counts[cls] += n
+        return dict(counts)
+
+    def _manager_manifest(self) -> dict[str, int]:
+        if self.manager is None:
+            return {}
+        try:
+            return {str(ExecutorClass(k).value): int(v) for k, v in self.manager.get_manifest().items() if int(v) > 0}
+        except Exception:
+            log.exception("executor manager get_manifest failed; advertising none of its executors")
+            return {}
 
     def slots(self, name: str) -> int:
+        if name not in self.links:
+            return 1
         hello = self.links[name].hello
         return max(1, hello.slots) if hello else 1
 
@@ -72,11 +99,59 @@ class Fleet:
             and self.links[e.name].state is LinkState.UP
             and len(self.jobs[e.name]) < self.slots(e.name)
         ]
-        if not free:
-            return None
-        name = min(free, key=lambda n: self._idle_since[n])
-        self.bind(name, job_uuid, last_seq=0)
-        return name
+        if free:
+            name = min(free, key=lambda n: self._idle_since[n])
+            self.bind(name, job_uuid, last_seq=0)
+            return name
+        in_use = sum(1 for c in self.managed_class.values() if c == executor_class)
+        if in_use < self._manager_manifest().get(executor_class, 0):
+            name = f"managed-{job_uuid}"
+            self.managed_class[name] = executor_class
+            self.jobs[name] = {job_uuid}
+            return name
+        return None
+
+    def is_managed(self, name: str) -> bool:
+        return name in self.managed_class
+
+    async def start_managed(self, name: str, job_uuid: str, timeout_s: float) -> ManagedExecutor:
+        """Have the manager start the executor reserved as `name`, and link to it within `timeout_s`."""
+        assert self.manager is not None
+        executor = await self.manager.start_new_executor(job_uuid, ExecutorClass(self.managed_class[name]), timeout_s)
+        executor.endpoint = executor.endpoint.model_copy(update={"name": name})
+        self.managed[name] = executor
+        link = self._add_link(executor.endpoint, job_uuid, last_seq=0)
+        if not await link.wait_up(timeout_s):
+            raise ExecutorUnavailable(f"executor {name} did not answer within {timeout_s:g} s: {link.last_error}")
+        return executor
+
+    def adopt(self, endpoint: LocalExecutor | SshExecutor, executor_class: str, job_uuid: str, last_seq: int,
+              extra: dict | None = None) -> None:
+        """After a restart: link again to a manager-started executor a job still runs on."""
+        self.managed_class[endpoint.name] = executor_class
+        self.managed[endpoint.name] = ManagedExecutor(endpoint=endpoint, extra=extra or {})
+        self.jobs[endpoint.name] = {job_uuid}
+        self._add_link(endpoint, job_uuid, last_seq)
+
+    def _add_link(self, endpoint: LocalExecutor | SshExecutor, job_uuid: str, last_seq: int) -> ExecutorLink:
+        link = ExecutorLink(endpoint, self.on_event)
+        link.track(job_uuid, last_seq)
+        self.links[endpoint.name] = link
+        link.start()
+        return link
+
+    async def _retire(self, name: str) -> None:
+        link = self.links.pop(name, None)
+        if link is not None:
+            await link.stop()
+        executor = self.managed.pop(name, None)
+        self.managed_class.pop(name, None)
+        self.jobs.pop(name, None)
+        if executor is not None and self.manager is not None:
+            try:
+                await self.manager.kill_executor(executor)
+            except Exception:
+                log.exception("executor manager kill_executor failed executor=%s", name)
 
     def bind(self, name: str, job_uuid: str, last_seq: int) -> None:
         """Hold a slot for a job (a new reservation, or one reloaded after a restart)."""
@@ -84,6 +159,13 @@ class Fleet:
         self.links[name].track(job_uuid, last_seq)
 
     def release(self, name: str, job_uuid: str) -> None:
+        if self.is_managed(name):
+            task = asyncio.get_running_loop().create_task(self._retire(name), name=f"retire-{name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            return
+        if name not in self.jobs:
+            return
         self.jobs[name].discard(job_uuid)
         self.links[name].untrack(job_uuid)
         self._idle_since[name] = time.monotonic()
@@ -104,5 +186,8 @@ class Fleet:
         log.info("executor %s executor=%s running_jobs=%d", "drained" if on else "undrained", name, len(self.jobs[name]))
 
     def down_for(self, name: str, now: float) -> float:
+        """Seconds the executor has been unreachable; infinite for one that is not ours any more."""
+        if name not in self.links:
+            return 0.0 if name in self.managed_class else math.inf
         since = self.links[name].down_since
         return 0.0 if since is None else now - since

@@ -184,6 +184,12 @@ class JobMachine:
             return []
         return self._end(self._horde("miner", "executor_disconnected", details), "failed")
 
+    def on_spinup_failed(self) -> list[Action]:
+        """The executor could not be started or reached after the accept (stock ExecutorUnavailable)."""
+        if self.state.terminal:
+            return []
+        return self._end(self._horde("miner", "executor_spinup_failed", "Executor failed to start"), "failed")
+
     def on_tick(self, now: float) -> list[Action]:
         if self.state.terminal:
             return []

@@ -7,23 +7,26 @@ links), the job and receipt stores, and the validators' websockets (`Outbox`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from pydantic import TypeAdapter
 
 from executor_agent import link as L
 from horde_protocol.messages import (
     GenericError,
     V0AcceptJobRequest,
     V0DeclineJobRequest,
-    V0HordeFailedRequest,
     V0InitialJobRequest,
     V0JobRequest,
 )
+from miner_agent.config import ExecutorEntry
 from miner_agent.fleet.link import LinkDown
 from miner_agent.fleet.pool import Fleet
-from miner_agent.jobs.machine import PROGRESS_ORDER, Budget, JobMachine, JobRequestRefused, JobState, Release, ToExecutor, ToValidator
+from miner_agent.jobs.machine import PROGRESS_ORDER, Budget, JobMachine, JobRequestRefused, Release, ToExecutor, ToValidator
 from miner_agent.jobs.store import JobStore
 from miner_agent.metrics import MinerMetrics
 from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
@@ -95,6 +98,7 @@ class JobService:
     outbox: Outbox = field(default_factory=Outbox)
     jobs: dict[str, Job] = field(default_factory=dict)
     _ticker: asyncio.Task[None] | None = None
+    _launches: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -111,7 +115,11 @@ class JobService:
             # Stage times were not kept; the whole budget from the offer is the honest bound.
             machine.deadline = max(now, row.created_unix + budget.total())
             self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None, row.executor_class)
-            if row.executor_name in self.fleet.links:
+            if row.executor_endpoint:
+                saved = json.loads(row.executor_endpoint)
+                endpoint = TypeAdapter(ExecutorEntry).validate_python(saved["endpoint"])
+                self.fleet.adopt(endpoint, row.executor_class, row.job_uuid, row.last_executor_seq, saved.get("extra"))
+            elif row.executor_name in self.fleet.links:
                 self.fleet.bind(row.executor_name, row.job_uuid, row.last_executor_seq)
         if self.jobs:
             log.info("jobs restored count=%d", len(self.jobs))
@@ -121,9 +129,10 @@ class JobService:
         self._ticker = asyncio.create_task(self._tick_loop(), name="job-ticker")
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        for task in [self._ticker, *self._launches]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._ticker, *self._launches] if t], return_exceptions=True)
 
     # -- validator side -----------------------------------------------------------------
 
@@ -171,15 +180,34 @@ class JobService:
         await self._to_validator(uuid, V0AcceptJobRequest(job_uuid=uuid))
         self.metrics.accept_latency.observe(time.monotonic() - received, outcome="accepted")
         self.metrics.jobs.inc(outcome="accepted", executor_class=executor_class)
+        if self.fleet.is_managed(name):
+            # A manager may take the whole spin-up time; the websocket must not wait for it.
+            task = asyncio.get_running_loop().create_task(self._launch_managed(uuid, name, initial), name=f"launch-{uuid}")
+            self._launches.add(task)
+            task.add_done_callback(self._launches.discard)
+            return
         try:
             await self.fleet.submit(name, initial)
         except LinkDown as exc:
-            log.error("job spin-up failed job=%s validator=%s executor=%s error=%r", uuid, validator, name, str(exc))
-            failure = V0HordeFailedRequest(
-                job_uuid=uuid, reported_by="miner", reason="executor_spinup_failed", message="Executor failed to start"
-            )
-            machine.state = JobState.FAILED
-            await self._run(uuid, [ToValidator(failure), Release("failed")])
+            await self._spinup_failed(uuid, str(exc))
+
+    async def _launch_managed(self, uuid: str, name: str, initial: V0InitialJobRequest) -> None:
+        job = self.jobs[uuid]
+        try:
+            executor = await self.fleet.start_managed(name, uuid, job.machine.budget.readiness)
+            self.jobs_db.set_endpoint(uuid, json.dumps({
+                "endpoint": executor.endpoint.model_dump(mode="json"), "extra": executor.extra,
+            }))
+            await self.fleet.submit(name, initial)
+        except Exception as exc:  # the manager is operator code: any failure is a spin-up failure
+            await self._spinup_failed(uuid, f"{type(exc).__name__}: {exc}")
+
+    async def _spinup_failed(self, uuid: str, error: str) -> None:
+        job = self.jobs.get(uuid)
+        if job is None:
+            return
+        log.error("job spin-up failed job=%s validator=%s executor=%s error=%r", uuid, job.validator, job.executor_name, error)
+        await self._run(uuid, job.machine.on_spinup_failed())
 
     async def job_request(self, sink: ValidatorSink, request: V0JobRequest) -> None:
         uuid = str(request.job_uuid)

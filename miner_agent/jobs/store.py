@@ -26,6 +26,7 @@ class JobRow:
     request_json: str | None
     last_executor_seq: int
     created_unix: float
+    executor_endpoint: str | None = None
 
 
 @dataclass
@@ -47,6 +48,9 @@ class JobStore:
         self.conn.execute(
             "UPDATE jobs SET state=?, updated_unix=? WHERE job_uuid=?", (state.value, time.time(), job_uuid)
         )
+
+    def set_endpoint(self, job_uuid: str, endpoint_json: str) -> None:
+        self.conn.execute("UPDATE jobs SET executor_endpoint=? WHERE job_uuid=?", (endpoint_json, job_uuid))
 
     def set_request(self, job_uuid: str, request_json: str) -> None:
         self.conn.execute("UPDATE jobs SET request_json=? WHERE job_uuid=?", (request_json, job_uuid))
@@ -115,4 +119,5 @@ def _row(r: sqlite3.Row) -> JobRow:
         request_json=r["request_json"],
         last_executor_seq=r["last_executor_seq"],
         created_unix=r["created_unix"],
+        executor_endpoint=r["executor_endpoint"],
     )

@@ -10,7 +10,6 @@ import pytest
 
 from tests.fixtures.miner import sim_for
 
-pytestmark = pytest.mark.asyncio
 
 
 def _write_config(path: Path, config) -> Path:

@@ -15,7 +15,6 @@ from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
 from tests.fixtures.miner import sim_for
 
-pytestmark = pytest.mark.asyncio
 
 
 async def _closed_with_error(session, expected: str) -> None:

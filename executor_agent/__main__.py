@@ -1,0 +1,5 @@
+import sys
+
+from executor_agent.cli import main
+
+sys.exit(main())

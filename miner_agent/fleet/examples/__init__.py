@@ -1,0 +1,1 @@
+"""Example executor managers (see fleet/manager.py)."""
