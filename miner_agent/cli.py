@@ -9,6 +9,7 @@ from pathlib import Path
 
 from miner_agent import __version__
 from miner_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from miner_agent.admin_client import AdminUnavailable
 from miner_agent.fleet.manager import ManagerLoadError
 from miner_agent.keys import WalletError
 from executor_agent.logs import setup_logging
@@ -21,6 +22,8 @@ examples:
       executors with their link state and jobs, running jobs, the manifest validators see
   miner-agent executors drain gpu-1 --config miner.toml
       let gpu-1 finish its job and take no new one (undrain to bring it back)
+  miner-agent self-test --config /etc/miner-agent/miner-agent.toml --image python:3.11-slim
+      run one real job per advertised executor class as a validator would; exit 0 if all checks pass
   miner-agent demo-job --config miner.toml --validator-wallet-path ./wallets --validator-wallet validator
       act as a validator from the allowlist and send one small job through this miner
 
@@ -48,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("action", choices=["list", "drain", "undrain"])
     ex.add_argument("name", nargs="?", help="executor name (for drain/undrain)")
     ex.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    st = sub.add_parser(
+        "self-test",
+        help="act as a validator against the running miner: one real job per advertised class, then a report",
+        description="Gets a one-time validator key from the running miner's admin socket (so run it on the miner "
+        "host, as root or the miner-agent user), connects to the public port like a validator, checks the "
+        "manifest, runs one real job on every advertised executor class, checks the order and budgets of the "
+        "progress messages, the receipts on /receipts/, /version and the main hotkey answer, and prints a table. "
+        "Exit status 0 only if every check passed.",
+    )
+    st.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    st.add_argument("--image", default=None, help="job image to run (default: the first image of the preload list)")
+    st.add_argument("--host", default="127.0.0.1", help="address of the miner's public port (default 127.0.0.1)")
     demo = sub.add_parser(
         "demo-job",
         help="send one job to a running miner as an allowlisted validator and print every message",
@@ -60,37 +75,44 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--validator-hotkey", default="default", help="hotkey name (default default)")
     demo.add_argument("--image", default="localhost/miner-agent-demo:latest", help="job image present on the executor")
     demo.add_argument("--host", default="127.0.0.1", help="miner address to connect to (default 127.0.0.1)")
+    _add_config_parser(sub)
     return p
 
 
+def _command(name: str):  # noqa: ANN202 - returns one of the async command functions
+    """Import lazily: `--help` and config errors stay fast and never touch aiohttp or keys."""
+    if name in ("status", "executors"):
+        from miner_agent.cli_admin import executors_command, status_command
+
+        return status_command if name == "status" else executors_command
+    if name == "self-test":
+        from miner_agent.selftest.run import self_test
+
+        return self_test
+    from miner_agent.selftest.demo import demo_job
+
+    return demo_job
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 2
     try:
         if args.command == "run":
             return _run(args)
-        if args.command in ("status", "executors"):
-            from miner_agent.admin_client import AdminUnavailable
-            from miner_agent.cli_admin import executors_command, status_command
-
-            try:
-                command = status_command if args.command == "status" else executors_command
-                return asyncio.run(command(load_config(args.config), args))
-            except AdminUnavailable as exc:
-                print(f"miner-agent: {exc}", file=sys.stderr)
-                return 1
-        if args.command == "demo-job":
-            from miner_agent.selftest.demo import demo_job
-
-            return asyncio.run(demo_job(load_config(args.config), args))
+        config = load_config(args.config)
+        return asyncio.run(_command(args.command)(config, args))
     except (ConfigError, WalletError, ManagerLoadError) as exc:
         print(f"miner-agent: {exc}", file=sys.stderr)
         return 2
+    except AdminUnavailable as exc:
+        print(f"miner-agent: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -108,6 +130,43 @@ def _run(args: argparse.Namespace) -> int:
         print(f"miner-agent: cannot listen on {config.miner.listen_host}:{config.miner.listen_port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# --- config import-docker-config (miner_agent/migrate.py) ---------------------------------------
+
+def _add_config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    config = sub.add_parser("config", help="configuration tools: import the stock miner's docker_config.yaml")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    imp = config_sub.add_parser(
+        "import-docker-config",
+        help="print the stock docker_config.yaml (and .env) as miner-agent.toml [[executors]] entries",
+        description="Reads the stock miner's executor YAML (DOCKER_EXECUTORS_CONFIG_PATH) and, with --env, its .env, "
+        "and prints the equivalent miner-agent.toml to stdout; notes on what to finish by hand go to stderr.",
+        epilog="example:\n  miner-agent config import-docker-config ~/compute_horde_miner/docker_config.yaml "
+        "--env ~/compute_horde_miner/.env >> /etc/miner-agent/miner-agent.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("file", type=Path, metavar="FILE", help="the stock docker_config.yaml")
+    imp.add_argument("--env", type=Path, default=None, metavar="FILE", help="the stock miner's .env")
+    imp.add_argument("--vendor-dir", type=Path, default=None, metavar="DIR",
+                     help="host directory the stock compose mounted at /root/vendor (HOST_VENDOR_DIR)")
+
+
+def _config(args: argparse.Namespace) -> int:
+    from miner_agent.migrate import MigrationError, import_docker_config
+
+    try:
+        result = import_docker_config(args.file, args.env, args.vendor_dir)
+    except MigrationError as exc:
+        print(f"miner-agent: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(result.toml)
+    sys.stdout.flush()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+# --- end config ---------------------------------------------------------------------------------
 
 
 if __name__ == "__main__":

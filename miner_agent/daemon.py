@@ -81,6 +81,7 @@ class MinerAgent:
         await site.start()
         server = getattr(site, "_server", None)
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.miner.listen_port
+        self.ctx.public_port = self.port
         log.info(
             "miner-agent started hotkey=%s listen=%s:%d executors=%d validators=%d state_dir=%s",
             signer.hotkey, cfg.miner.listen_host, self.port, len(cfg.executors), len(cfg.validators.allow),

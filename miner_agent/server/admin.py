@@ -4,18 +4,24 @@ JSON over HTTP on the socket, so `curl --unix-socket` works too:
     GET  /status                      executors, running jobs, manifest, receipts
     POST /executors/<name>/drain      finish running jobs, take no new one (kept across restarts)
     POST /executors/<name>/undrain
+    POST /selftest/key                one-time validator key for `miner-agent self-test`
+    DELETE /selftest/key/<hotkey>     revoke it when the self-test ends
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 from aiohttp import web
+from bittensor_wallet import Keypair
 
 from miner_agent import __version__
 from miner_agent.server.context import CTX, MinerContext
+
+log = logging.getLogger(__name__)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -43,7 +49,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({
         "version": __version__,
         "hotkey": ctx.signer.hotkey,
-        "port": ctx.config.miner.listen_port,
+        "port": ctx.public_port,
         "manifest": fleet.manifest(now),
         "executors": executors,
         "jobs": jobs,
@@ -71,12 +77,38 @@ async def undrain(request: web.Request) -> web.Response:
     return await _set_drain(request, False)
 
 
+SELFTEST_KEY_TTL_S = 600  # a self-test key is good for ten minutes, then a new one is needed
+
+
+async def selftest_key(request: web.Request) -> web.Response:
+    """A fresh validator key the public port accepts for `SELFTEST_KEY_TTL_S`: the self-test
+    acts as a validator without any real validator's key, and only a local root (or
+    miner-agent user) can get one, because only they can open this socket."""
+    ctx = request.app[CTX]
+    mnemonic = Keypair.generate_mnemonic()
+    hotkey = Keypair.create_from_mnemonic(mnemonic).ss58_address
+    ctx.selftest_keys[hotkey] = time.monotonic() + SELFTEST_KEY_TTL_S
+    log.info("self-test key issued validator=%s ttl_s=%d", hotkey, SELFTEST_KEY_TTL_S)
+    return web.json_response({
+        "mnemonic": mnemonic, "hotkey": hotkey, "miner_hotkey": ctx.signer.hotkey,
+        "port": ctx.public_port, "ttl_s": SELFTEST_KEY_TTL_S, "preload_images": ctx.preload_images(),
+    })
+
+
+async def selftest_key_revoke(request: web.Request) -> web.Response:
+    hotkey = request.match_info["hotkey"]
+    request.app[CTX].selftest_keys.pop(hotkey, None)
+    return web.json_response({"revoked": hotkey})
+
+
 def build_admin_app(ctx: MinerContext) -> web.Application:
     app = web.Application()
     app[CTX] = ctx
     app.router.add_get("/status", status)
     app.router.add_post("/executors/{name}/drain", drain)
     app.router.add_post("/executors/{name}/undrain", undrain)
+    app.router.add_post("/selftest/key", selftest_key)
+    app.router.add_delete("/selftest/key/{hotkey}", selftest_key_revoke)
     return app
 
 

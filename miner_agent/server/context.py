@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,6 +24,23 @@ class MinerContext:
     service: JobService
     receipts: ReceiptStore
     metrics: MinerMetrics = field(default_factory=MinerMetrics)
+    # One-time self-test validator keys handed out on the admin socket: hotkey -> expiry (monotonic s).
+    selftest_keys: dict[str, float] = field(default_factory=dict)
+
+    public_port: int = 0  # the bound validator-facing port (config may say 0 = any)
+
+    def preload_images(self) -> list[str]:
+        """Job images validators announce for preloading (dynamic config); none known yet."""
+        return []
+
+    def is_known_validator(self, hotkey: str) -> bool:
+        if hotkey in self.validators:
+            return True
+        expiry = self.selftest_keys.get(hotkey)
+        if expiry is not None and expiry < time.monotonic():
+            del self.selftest_keys[hotkey]
+            return False
+        return expiry is not None
 
     def main_hotkey(self) -> str:
         """The hotkey that should get the coldkey's main share; rotation comes with the chain duties."""

@@ -66,7 +66,7 @@ async def validator_interface(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=ctx.config.miner.max_frame_bytes, receive_timeout=None)
     await ws.prepare(request)
     peer = request.remote
-    if hotkey not in ctx.validators:
+    if not ctx.is_known_validator(hotkey):
         log.warning("validator refused validator=%s peer=%s reason=unknown", hotkey, peer)
         await _refuse(ws, f"Unknown validator: {hotkey}")
         return ws

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.fixtures.miner import sim_for
-
-
-
-def _write_config(path: Path, config) -> Path:
-    m, w = config.miner, config.wallet
-    lines = [
-        "[miner]", f'listen_host = "{m.listen_host}"', f"listen_port = {m.listen_port}",
-        f'state_dir = "{m.state_dir}"', f'admin_socket = "{config.admin_socket}"',
-        "[wallet]", f'path = "{w.path}"', f'name = "{w.name}"', f'hotkey = "{w.hotkey}"',
-        "[validators]", f"allow = {list(config.validators.allow)!r}".replace("'", '"'),
-    ]
-    for e in config.executors:
-        lines += ["[[executors]]", f'name = "{e.name}"', f'executor_class = "{e.executor_class.value}"',
-                  'mode = "local"', f'socket = "{e.socket}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "miner_agent", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
+from tests.fixtures.miner import run_cli, write_config
 
 
 async def test_status_lists_executors_and_exits_nonzero_when_one_is_down(miner_config, start_miner, tmp_path) -> None:
     await start_miner(miner_config)
-    cfg = _write_config(tmp_path / "miner.toml", miner_config)
-    code, out, err = await _cli("status", "--config", str(cfg))
+    cfg = write_config(tmp_path / "miner.toml", miner_config)
+    code, out, err = await run_cli("status", "--config", str(cfg))
     assert code == 1, err  # the only executor has no agent: that is worth a non-zero status
     assert "local" in out and "always_on.test" in out and "no executor agent listening" in out
     assert "no running jobs" in out
@@ -47,28 +18,28 @@ async def test_status_lists_executors_and_exits_nonzero_when_one_is_down(miner_c
 
 async def test_drain_and_undrain(miner_config, start_miner, tmp_path) -> None:
     agent = await start_miner(miner_config)
-    cfg = _write_config(tmp_path / "miner.toml", miner_config)
-    code, out, _ = await _cli("executors", "drain", "local", "--config", str(cfg))
+    cfg = write_config(tmp_path / "miner.toml", miner_config)
+    code, out, _ = await run_cli("executors", "drain", "local", "--config", str(cfg))
     assert code == 0 and "executor local drained" in out
     assert "local" in agent.ctx.fleet.drained
-    code, _, err = await _cli("executors", "drain", "nope", "--config", str(cfg))
+    code, _, err = await run_cli("executors", "drain", "nope", "--config", str(cfg))
     assert code == 1 and "no executor named 'nope' (configured: local)" in err
-    code, out, _ = await _cli("executors", "undrain", "local", "--config", str(cfg))
+    code, out, _ = await run_cli("executors", "undrain", "local", "--config", str(cfg))
     assert code == 0 and "local" not in agent.ctx.fleet.drained
 
 
 async def test_drain_survives_a_restart(miner_config, start_miner, tmp_path) -> None:
     agent = await start_miner(miner_config)
-    cfg = _write_config(tmp_path / "miner.toml", miner_config)
-    assert (await _cli("executors", "drain", "local", "--config", str(cfg)))[0] == 0
+    cfg = write_config(tmp_path / "miner.toml", miner_config)
+    assert (await run_cli("executors", "drain", "local", "--config", str(cfg)))[0] == 0
     await agent.stop()
     again = await start_miner(miner_config)
     assert "local" in again.ctx.fleet.drained
 
 
 async def test_status_without_a_running_miner_is_one_clear_line(miner_config, tmp_path) -> None:
-    cfg = _write_config(tmp_path / "miner.toml", miner_config)
-    code, out, err = await _cli("status", "--config", str(cfg))
+    cfg = write_config(tmp_path / "miner.toml", miner_config)
+    code, out, err = await run_cli("status", "--config", str(cfg))
     assert code == 1 and out == ""
     assert err.startswith("miner-agent: no admin socket at") and err.count("\n") == 1
 
@@ -76,21 +47,21 @@ async def test_status_without_a_running_miner_is_one_clear_line(miner_config, tm
 async def test_bad_config_is_one_line_exit_2(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[miner]\nlisten_port = 'eighty'\n")
-    code, _, err = await _cli("run", "--config", str(bad))
+    code, _, err = await run_cli("run", "--config", str(bad))
     assert code == 2 and "miner.listen_port" in err and "Traceback" not in err
-    code, _, err = await _cli("run", "--config", str(tmp_path / "missing.toml"))
+    code, _, err = await run_cli("run", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "no such file" in err
     bad.write_text("[[executors]]\nname = 'a'\nmode = 'ssh'\nhost = 'h'\n")
-    code, _, err = await _cli("run", "--config", str(bad))
+    code, _, err = await run_cli("run", "--config", str(bad))
     assert code == 2 and "executors.0" in err
 
 
 async def test_missing_wallet_is_one_clear_line(miner_config, tmp_path) -> None:
     cfg = miner_config.model_copy(update={"wallet": miner_config.wallet.model_copy(update={"name": "nobody"})})
-    code, _, err = await _cli("run", "--config", str(_write_config(tmp_path / "m.toml", cfg)))
+    code, _, err = await run_cli("run", "--config", str(write_config(tmp_path / "m.toml", cfg)))
     assert code == 2 and "hotkey file" in err and "not found" in err and "Traceback" not in err
 
 
 async def test_help_teaches_with_examples() -> None:
-    code, out, _ = await _cli("--help")
+    code, out, _ = await run_cli("--help")
     assert code == 0 and "examples:" in out and "miner-agent run --config" in out

@@ -1,0 +1,74 @@
+"""What a stock validator would hold against a job's message stream, as pure functions.
+
+Each returns a list of problems (empty = pass), so `self-test` can print them and the
+tests can feed made-up timings without running anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
+from horde_protocol.messages import ExecutorTimingDetails
+from horde_protocol.receipts import Receipt, receipt_blob
+from horde_protocol.signing import verify_blob
+from miner_agent.selftest.simulator import Received
+
+EXECUTOR_STARTUP_S = 5  # validator's DYNAMIC_EXECUTOR_STARTUP_TIME_LIMIT default
+RESERVATION_S = 7  # validator's DYNAMIC_EXECUTOR_RESERVATION_TIME_LIMIT default
+MANDATORY = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest",
+             "V0JobFinishedRequest"]
+
+
+def progress_problems(
+    received: Sequence[Received], sent_at: float, executor_class: str, timing: ExecutorTimingDetails
+) -> list[str]:
+    """Order and cumulative budgets of protocol.md §5.2, measured from when the offer was sent."""
+    problems: list[str] = []
+    types = [r.type for r in received]
+    if types[-1:] != ["V0JobFinishedRequest"]:
+        last = received[-1].message if received else None
+        detail = getattr(last, "message", None) or getattr(last, "reason", None) or "no answer"
+        problems.append(f"job did not finish: {types[-1] if types else 'nothing'} ({detail})")
+    seen = [t for t in types if t in MANDATORY]
+    if seen != MANDATORY[: len(seen)]:
+        problems.append(f"progress out of order: {' -> '.join(seen)}")
+    at = {}
+    for r in received:
+        at.setdefault(r.type, r.at - sent_at)
+    spin_up = EXECUTOR_CLASS_SPECS[ExecutorClass(executor_class)].spin_up_time_s
+    budgets = [("V0AcceptJobRequest", None, RESERVATION_S)]
+    ready = at.get("V0ExecutorReadyRequest")
+    if "V0AcceptJobRequest" in at:
+        budgets.append(("V0ExecutorReadyRequest", at["V0AcceptJobRequest"], spin_up + EXECUTOR_STARTUP_S))
+    if ready is not None:
+        deadline = timing.allowed_leeway + timing.download_time_limit
+        budgets.append(("V0VolumesReadyRequest", ready, deadline))
+        deadline += timing.execution_time_limit + timing.streaming_start_time_limit
+        budgets.append(("V0ExecutionDoneRequest", ready, deadline))
+        deadline += timing.upload_time_limit
+        budgets.append(("V0JobFinishedRequest", ready, deadline))
+    for name, start, budget in budgets:
+        if name not in at:
+            continue
+        took = at[name] - (start or 0.0)
+        if took > budget:
+            problems.append(f"{name} after {took:.2f} s, budget {budget:g} s")
+    return problems
+
+
+def receipt_problems(receipts: Sequence[Receipt], job_uuid: str, validator: str, miner: str) -> list[str]:
+    """All three receipts of the job published, each with both signatures valid."""
+    mine = [r for r in receipts if str(r.payload.job_uuid) == job_uuid]
+    problems = []
+    kinds = sorted(str(r.payload.receipt_type) for r in mine)
+    want = ["JobAcceptedReceipt", "JobFinishedReceipt", "JobStartedReceipt"]
+    if kinds != want:
+        problems.append(f"receipts published: {kinds or 'none'}, expected {want}")
+    for r in mine:
+        blob = receipt_blob(r.payload)
+        if not verify_blob(validator, blob, r.validator_signature):
+            problems.append(f"{r.payload.receipt_type}: validator signature does not verify")
+        if not verify_blob(miner, blob, r.miner_signature):
+            problems.append(f"{r.payload.receipt_type}: miner signature does not verify")
+    return problems
