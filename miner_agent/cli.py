@@ -24,6 +24,8 @@ examples:
       let gpu-1 finish its job and take no new one (undrain to bring it back)
   miner-agent self-test --config /etc/miner-agent/miner-agent.toml --image python:3.11-slim
       run one real job per advertised executor class as a validator would; exit 0 if all checks pass
+  miner-agent config set miner.listen_port 8001 --config miner.toml
+      change one key; comments and order in the file are kept, the result is validated first
   miner-agent demo-job --config miner.toml --validator-wallet-path ./wallets --validator-wallet validator
       act as a validator from the allowlist and send one small job through this miner
 
@@ -47,10 +49,28 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show executors, running jobs, manifest and receipts of the running miner")
     status.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
-    ex = sub.add_parser("executors", help="list executors, or drain/undrain one on the running miner")
-    ex.add_argument("action", choices=["list", "drain", "undrain"])
-    ex.add_argument("name", nargs="?", help="executor name (for drain/undrain)")
+    ex = sub.add_parser(
+        "executors",
+        help="list, add, remove, drain or undrain executors",
+        description="list/drain/undrain act on the running miner (admin socket); add/remove edit the config "
+        "file (comments kept) and take effect at the next restart.",
+        epilog="examples:\n"
+        "  miner-agent executors add gpu-1 --class spin_up-4min.gpu-24gb --mode ssh --host 10.0.0.5 \\\n"
+        "      --key-path /etc/miner-agent/id_ed25519 --host-key \"$(ssh-keyscan -t ed25519 10.0.0.5 | cut -d' ' -f2-)\"\n"
+        "  miner-agent executors drain gpu-1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("action", choices=["list", "add", "remove", "drain", "undrain"])
+    ex.add_argument("name", nargs="?", help="executor name (all actions but list)")
     ex.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    ex.add_argument("--class", dest="executor_class", default="spin_up-4min.gpu-24gb", help="executor class (add)")
+    ex.add_argument("--mode", choices=["local", "ssh"], default="local", help="how to reach its agent (add)")
+    ex.add_argument("--socket", type=Path, default=None, help="agent socket on its host (add)")
+    ex.add_argument("--host", help="ssh host (add, mode ssh)")
+    ex.add_argument("--port", type=int, default=None, help="ssh port (add, mode ssh; default 22)")
+    ex.add_argument("--user", default=None, help="ssh user (add, mode ssh; default executor-agent)")
+    ex.add_argument("--key-path", type=Path, default=None, help="private key the miner logs in with (add, mode ssh)")
+    ex.add_argument("--host-key", default=None, help="pinned public host key line 'ssh-ed25519 AAAA...' (add, mode ssh)")
     st = sub.add_parser(
         "self-test",
         help="act as a validator against the running miner: one real job per advertised class, then a report",
@@ -100,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "config" and args.config_command == "import-docker-config":
+        return _config(args)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "config" or (args.command == "executors" and args.action in ("add", "remove")):
+            from miner_agent.cli_config import config_command
+
+            return config_command(args)
         config = load_config(args.config)
         return asyncio.run(_command(args.command)(config, args))
     except (ConfigError, WalletError, ManagerLoadError) as exc:
@@ -135,8 +161,16 @@ def _run(args: argparse.Namespace) -> int:
 # --- config import-docker-config (miner_agent/migrate.py) ---------------------------------------
 
 def _add_config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    config = sub.add_parser("config", help="configuration tools: import the stock miner's docker_config.yaml")
+    config = sub.add_parser(
+        "config", help="check the config, set one key (comments kept), import the stock miner's docker_config.yaml"
+    )
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    check = config_sub.add_parser("check", help="validate the file and say what will still not work (exit 1 on errors)")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    setter = config_sub.add_parser("set", help="set one key; comments and order kept; validated before writing")
+    setter.add_argument("key", help="dotted key, e.g. miner.listen_port or validators.allow")
+    setter.add_argument("value", help="TOML value, e.g. 8001, true, '[\"5F...\"]'; anything else is a string")
+    setter.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     imp = config_sub.add_parser(
         "import-docker-config",
         help="print the stock docker_config.yaml (and .env) as miner-agent.toml [[executors]] entries",

@@ -65,3 +65,71 @@ async def test_missing_wallet_is_one_clear_line(miner_config, tmp_path) -> None:
 async def test_help_teaches_with_examples() -> None:
     code, out, _ = await run_cli("--help")
     assert code == 0 and "examples:" in out and "miner-agent run --config" in out
+
+
+COMMENTED = """\
+# Operator notes: do not lose me.
+[miner]
+listen_port = 8000   # the axon port
+state_dir = "{state}"
+
+[wallet]
+path = "{wallets}"
+name = "miner"
+
+[validators]
+allow = []  # filled from the chain later
+"""
+
+
+def _commented(tmp_path, miner_config):
+    path = tmp_path / "commented.toml"
+    path.write_text(COMMENTED.format(state=tmp_path / "state", wallets=miner_config.wallet.path))
+    return path
+
+
+async def test_config_set_keeps_comments_and_refuses_bad_values(tmp_path, miner_config) -> None:
+    path = _commented(tmp_path, miner_config)
+    code, out, err = await run_cli("config", "set", "miner.listen_port", "8001", "--config", str(path))
+    assert code == 0, err
+    text = path.read_text()
+    assert "# Operator notes: do not lose me." in text and "# the axon port" in text and "# filled from" in text
+    assert "listen_port = 8001" in text
+    before = path.read_text()
+    code, _, err = await run_cli("config", "set", "miner.listen_port", "eighty", "--config", str(path))
+    assert code == 2 and "miner.listen_port" in err and "nothing was changed" in err
+    assert path.read_text() == before
+    code, _, _ = await run_cli("config", "set", "validators.allow", '["5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"]',
+                               "--config", str(path))
+    assert code == 0 and '"5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"' in path.read_text()
+
+
+async def test_executors_add_and_remove_edit_the_file(tmp_path, miner_config) -> None:
+    from miner_agent.config import SshExecutor, load_config
+
+    path = _commented(tmp_path, miner_config)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    code, out, err = await run_cli("executors", "add", "gpu-1", "--mode", "ssh", "--host", "10.0.0.5",
+                                   "--key-path", "/etc/miner-agent/id_ed25519", "--host-key", key,
+                                   "--config", str(path))
+    assert code == 0, err
+    entry = load_config(path).executors[0]
+    assert isinstance(entry, SshExecutor) and (entry.host, entry.port, entry.host_key) == ("10.0.0.5", 22, key)
+    assert "# Operator notes" in path.read_text()
+    code, _, err = await run_cli("executors", "add", "gpu-1", "--config", str(path))
+    assert code == 2 and "already exists" in err
+    code, _, err = await run_cli("executors", "add", "gpu-2", "--mode", "ssh", "--config", str(path))
+    assert code == 2 and "nothing was changed" in err  # ssh without host/key/host_key
+    code, _, _ = await run_cli("executors", "remove", "gpu-1", "--config", str(path))
+    assert code == 0 and load_config(path).executors == []
+    code, _, err = await run_cli("executors", "remove", "gpu-9", "--config", str(path))
+    assert code == 2 and "no executor named 'gpu-9'" in err
+
+
+async def test_config_check_reports_what_will_not_work(tmp_path, miner_config) -> None:
+    good = write_config(tmp_path / "good.toml", miner_config)
+    code, out, _ = await run_cli("config", "check", "--config", str(good))
+    assert code == 0 and out.strip().endswith("OK") and "hotkey" in out
+    bad = miner_config.model_copy(update={"validators": miner_config.validators.model_copy(update={"allow": ["nope"]})})
+    code, out, _ = await run_cli("config", "check", "--config", str(write_config(tmp_path / "bad.toml", bad)))
+    assert code == 1 and "'nope' is not an SS58 address" in out
