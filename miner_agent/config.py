@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
+from miner_agent.chain.config import ChainSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/miner-agent/miner-agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/miner-agent")
@@ -55,7 +56,8 @@ class WalletSection(_Section):
 
 
 class ValidatorsSection(_Section):
-    # Hotkeys (SS58) allowed to connect. The chain-backed list is a later addition.
+    # Hotkeys (SS58) always allowed to connect, on top of the chain's validator-permit
+    # neurons ([chain]); [chain] blocklist declines jobs from listed hotkeys.
     allow: list[str] = Field(default_factory=list)
 
 
@@ -96,6 +98,7 @@ class MinerConfig(_Section):
     validators: ValidatorsSection = Field(default_factory=ValidatorsSection)
     executors: list[ExecutorEntry] = Field(default_factory=lambda: [LocalExecutor(name="local")])
     executor_manager: ExecutorManagerSection = Field(default_factory=ExecutorManagerSection)
+    chain: ChainSection = Field(default_factory=ChainSection)
 
     @model_validator(mode="after")
     def _unique_executor_names(self) -> MinerConfig:

@@ -16,6 +16,7 @@ import signal
 import sdnotify
 from aiohttp import web
 
+from miner_agent.chain.duties import build_chain_duties
 from miner_agent.config import MinerConfig
 from miner_agent.db import open_db
 from miner_agent.fleet.manager import load_manager
@@ -70,7 +71,11 @@ class MinerAgent:
         service.restore()
         fleet.start()
         service.start()
-        self.ctx = MinerContext(cfg, signer, frozenset(cfg.validators.allow), fleet, service, receipts, metrics)
+        chain = build_chain_duties(
+            cfg.chain, keypair=signer.keypair, allow=cfg.validators.allow, manifest=fleet.manifest,
+            listen_port=lambda: self.port, state_dir=cfg.miner.state_dir,
+        )
+        self.ctx = MinerContext(cfg, signer, fleet, service, receipts, chain, metrics)
         attach_gauges(self.ctx)
         self._admin = await start_admin(self.ctx, cfg.admin_socket)
         if cfg.miner.metrics_enabled:
@@ -82,9 +87,11 @@ class MinerAgent:
         server = getattr(site, "_server", None)
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.miner.listen_port
         self.ctx.public_port = self.port
+        await chain.start()  # after the bind: the axon announce needs the real port
         log.info(
-            "miner-agent started hotkey=%s listen=%s:%d executors=%d validators=%d state_dir=%s",
+            "miner-agent started hotkey=%s listen=%s:%d executors=%d validators_allowed=%d chain=%s state_dir=%s",
             signer.hotkey, cfg.miner.listen_host, self.port, len(cfg.executors), len(cfg.validators.allow),
+            cfg.chain.backend,
             cfg.miner.state_dir,
         )
 
@@ -96,6 +103,7 @@ class MinerAgent:
                 await runner.cleanup()
         if self.ctx is not None:
             running = len(self.ctx.service.jobs)
+            await self.ctx.chain.stop()
             await self.ctx.service.stop()
             await self.ctx.fleet.stop()
             self.ctx.receipts.conn.close()

@@ -47,7 +47,7 @@ def _scalar(raw: str, where: str) -> str:
     text = raw.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]
-    if text[:1] in "[{&*!|>":
+    if text and text[0] in "[{&*!|>":
         raise MigrationError(f"{where}: only plain scalars are supported here, got {text!r}")
     return re.sub(r"\s+#.*$", "", text)  # a trailing comment
 

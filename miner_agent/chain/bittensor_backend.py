@@ -87,8 +87,9 @@ class BittensorChain:
     async def _client_or_connect(self) -> Any:
         if self._client is not None:
             return self._client
-        bt = self._bt or importlib.import_module("bittensor")
-        self._bt = bt
+        if self._bt is None:  # ~1 s of imports: off the event loop, so validator sessions keep flowing
+            self._bt = await asyncio.to_thread(importlib.import_module, "bittensor")
+        bt = self._bt
         substrate = self._substrate_override
         if substrate is None:
             from bittensor import settings as bt_settings

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
@@ -98,6 +98,7 @@ class ChainDuties:
         self._session = session
         self._own_session = False
         self._block: int | None = None
+        self._warned_empty = False
         self._block_at: float = 0.0
         self._last_axon_attempt: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -153,8 +154,9 @@ class ChainDuties:
                 "validators refreshed netuid=%d block=%s permitted=%d added=%d removed=%d",
                 netuid, block, len(permitted), len(permitted - before), len(before - permitted),
             )
-        if not permitted:
+        if not permitted and not self._warned_empty:  # once, not every minute
             log.warning("no validator_permit neurons on netuid=%d; only [validators] allow can connect", netuid)
+        self._warned_empty = not permitted
         if self._cache_path is not None:
             try:
                 save_cache(self._cache_path, permitted, block)

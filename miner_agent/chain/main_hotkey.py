@@ -14,10 +14,7 @@ At netuid 1 cycle 0 is blocks [-3, 719), cycle 1 [719, 1441), cycle 2 [1441, 216
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-
-log = logging.getLogger(__name__)
 
 TEMPO_BLOCKS = 360  # ComputeHorde's subnet tempo
 EPOCH_BLOCKS = TEMPO_BLOCKS + 1  # 361

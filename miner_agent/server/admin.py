@@ -55,6 +55,7 @@ async def status(request: web.Request) -> web.Response:
         "jobs": jobs,
         "receipts": ctx.receipts.count(),
         "validator_connections": ctx.metrics.ws_open,
+        "chain": ctx.chain.status(),
     })
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from miner_agent.chain.duties import ChainDuties
+from miner_agent.chain.validators import ValidatorSet
 from miner_agent.config import MinerConfig
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.service import JobService
@@ -19,10 +21,10 @@ from miner_agent.receipts.store import ReceiptStore
 class MinerContext:
     config: MinerConfig
     signer: Signer
-    validators: frozenset[str]
     fleet: Fleet
     service: JobService
     receipts: ReceiptStore
+    chain: ChainDuties
     metrics: MinerMetrics = field(default_factory=MinerMetrics)
     # One-time self-test validator keys handed out on the admin socket: hotkey -> expiry (monotonic s).
     selftest_keys: dict[str, float] = field(default_factory=dict)
@@ -30,8 +32,8 @@ class MinerContext:
     public_port: int = 0  # the bound validator-facing port (config may say 0 = any)
 
     def preload_images(self) -> list[str]:
-        """Job images validators announce for preloading (dynamic config); none known yet."""
-        return []
+        """Job images validators want preloaded (dynamic DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES)."""
+        return list(self.chain.dynamic_config.preload_job_images)
 
     def is_known_validator(self, hotkey: str) -> bool:
         if hotkey in self.validators:
@@ -42,9 +44,13 @@ class MinerContext:
             return False
         return expiry is not None
 
+    @property
+    def validators(self) -> ValidatorSet:
+        return self.chain.validators
+
     def main_hotkey(self) -> str:
-        """The hotkey that should get the coldkey's main share; rotation comes with the chain duties."""
-        return self.signer.hotkey
+        """The hotkey that should get the coldkey's main share this cycle (stock rotation, §5.6)."""
+        return self.chain.main_hotkey()
 
 
 CTX = web.AppKey("miner_context", MinerContext)

@@ -146,6 +146,12 @@ class _Handler:
         if isinstance(message, (V0InitialJobRequest, V0JobRequest)) and not await self._signature_ok(message, raw):
             return
         if isinstance(message, V0InitialJobRequest):
+            if self.ctx.validators.is_blacklisted(self.hotkey):
+                log.info("job declined job=%s validator=%s reason=validator_blacklisted", message.job_uuid, self.hotkey)
+                await service.decline(self.session, str(message.job_uuid), "validator_blacklisted",
+                                      "this miner does not take jobs from this validator",
+                                      cls=str(message.executor_class.value))
+                return
             await service.offer(self.session, message)
         elif isinstance(message, V0JobRequest):
             await service.job_request(self.session, message)

@@ -4,6 +4,7 @@ offer is declined as busy: that is the honest answer and it exercises the declin
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -220,3 +221,30 @@ async def test_accepted_and_finished_receipts_are_countersigned(miner_config, st
     assert types == ["JobAcceptedReceipt", "JobFinishedReceipt"]
     for r in lines:
         assert verify_blob(agent.ctx.signer.hotkey, receipt_blob(r.payload), r.miner_signature)
+
+
+async def test_blocklisted_validator_connects_but_its_jobs_are_declined(miner_config, start_miner, validator_key) -> None:
+    from miner_agent.chain.config import ChainSection
+
+    config = miner_config.model_copy(update={"chain": ChainSection(blocklist=[validator_key.ss58_address])})
+    agent = await start_miner(config)
+    initial, reply = await _offer(sim_for(agent, validator_key))
+    assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "validator_blacklisted")
+    assert agent.ctx.receipts.count() == 0  # declined before the receipt is even looked at (stock order)
+
+
+async def test_validators_from_the_chain_backend_may_connect(miner_config, start_miner, tmp_path) -> None:
+    """The static chain backend stands in for validator_permit neurons read from the chain."""
+    from miner_agent.chain.config import ChainSection
+
+    chain_validator = Keypair.create_from_uri("//ChainValidator")
+    listing = tmp_path / "validators.toml"
+    listing.write_text(f'validators = ["{chain_validator.ss58_address}"]\n')
+    config = miner_config.model_copy(update={"chain": ChainSection(static_validators_file=listing)})
+    agent = await start_miner(config)
+    for _ in range(50):  # the first refresh runs right after start
+        if chain_validator.ss58_address in agent.ctx.validators:
+            break
+        await asyncio.sleep(0.02)
+    async with await sim_for(agent, chain_validator).connect() as session:
+        assert (await session.recv(5)).type == "V0ExecutorManifestRequest"
