@@ -47,7 +47,71 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help=f"TOML config (default: {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_preload_parser(sub)
+    _add_specs_parser(sub)
     return parser
+
+
+# --- preload (executor_agent/preload.py; run by executor-agent-preload.timer) ---------------
+
+PRELOAD_EPILOG = f"""\
+example:
+  executor-agent preload --config {DEFAULT_CONFIG_PATH}
+
+  Pulls [preload] images from the config plus the miner dynamic config's
+  DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES, one journal line per image. Exit 1 if any failed.
+"""
+
+
+def _add_preload_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    preload = sub.add_parser("preload", help="pull the job images listed for preloading, then exit",
+                             description="Pull the job images validators use, so jobs never wait on a registry.",
+                             epilog=PRELOAD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    preload.add_argument("--config", type=Path, default=None, metavar="FILE",
+                         help=f"TOML config (default: {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
+    preload.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _preload(args: argparse.Namespace) -> int:
+    from executor_agent.preload import PreloadError, exit_status, run_preload
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        return exit_status(asyncio.run(run_preload(config)))
+    except (ConfigError, PreloadError) as exc:
+        print(f"executor-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+# --- end preload -------------------------------------------------------------------------------
+
+
+# --- specs (executor_agent/specs.py) -----------------------------------------------------------
+
+def _add_specs_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    specs = sub.add_parser("specs", help="print this host's machine specs (as sent to validators) as JSON",
+                           description="Probe GPU (nvidia-smi), CPU, RAM, disk and OS the way the agent does, "
+                           "and print the V0MachineSpecsRequest payload as JSON.",
+                           epilog=f"example:\n  executor-agent specs --config {DEFAULT_CONFIG_PATH}\n",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    specs.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help=f"TOML config (default: {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
+
+
+def _specs(args: argparse.Namespace) -> int:
+    import json
+
+    from executor_agent.specs import collect_specs, sources_from_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"executor-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(collect_specs(sources_from_config(config)), indent=2))
+    return 0
+
+# --- end specs ---------------------------------------------------------------------------------
 
 
 def _run(coro_factory: object) -> None:
@@ -62,6 +126,10 @@ def _run(coro_factory: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "preload":
+        return _preload(args)
+    if args.command == "specs":
+        return _specs(args)
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return EXIT_USAGE

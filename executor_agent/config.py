@@ -23,8 +23,9 @@ from __future__ import annotations
 import tomllib
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
 
@@ -54,6 +55,55 @@ class ContainerLimits(BaseModel):
     memory_limit_mib: int = Field(0, ge=0, description="0 = no limit (memory+swap are set equal)")
     pids_limit: int = Field(16384, ge=0, description="tasks (threads count) per container; 0 = no limit")
     shm_size_mib: int = Field(0, ge=0, description="/dev/shm size; 0 = podman's default (64 MiB)")
+    disk_limit_mib: int = Field(
+        51200, ge=0, description="what one job may write to this host's disk (/output, artifacts, its root "
+        "filesystem layer and its logs) before it is killed; 0 = no limit",
+    )
+    disk_check_interval_s: float = Field(2.0, gt=0, description="how often a running job's disk use is measured")
+
+
+class ImageGcSettings(BaseModel):
+    """Job-image garbage collection (a docuum equivalent; executor_agent/imagegc.py). An image
+    is removable when no container uses it, it is not in the preload list, and this agent has
+    not seen it used for `min_age_s`. Removable images go when unused for `max_age_s`, or,
+    least recently used first, while the image disk is above `disk_high_percent`, until it
+    is below `disk_low_percent`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="run the collector in the agent")
+    interval_s: float = Field(600.0, gt=0, description="time between two collections")
+    min_age_s: float = Field(3600.0, ge=0, description="never remove an image used (or first seen) this recently")
+    max_age_s: float = Field(604800.0, ge=0, description="remove an image unused this long; 0 = only under disk pressure")
+    disk_high_percent: float = Field(85.0, gt=0, le=100, description="image disk use that starts LRU removal")
+    disk_low_percent: float = Field(70.0, ge=0, le=100, description="LRU removal stops below this")
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> ImageGcSettings:
+        if self.disk_low_percent >= self.disk_high_percent:
+            raise ValueError("disk_low_percent must be below disk_high_percent")
+        return self
+
+
+DEFAULT_DYNAMIC_CONFIG_URL = (
+    "https://raw.githubusercontent.com/backend-developers-ltd/compute-horde-dynamic-config/master/miner-config-prod.json"
+)
+
+
+class PreloadSettings(BaseModel):
+    """What `executor-agent preload` (run by executor-agent-preload.timer) pulls: these images
+    plus the miner dynamic config's DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES (see executor_agent/preload.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(default_factory=list, description="job images to keep pulled on this host")
+    dynamic_config_url: str = Field(
+        DEFAULT_DYNAMIC_CONFIG_URL,
+        description='the stock preload script\'s source (http(s):// or file://); "" = only `images`',
+    )
+    pull_timeout_s: float = Field(
+        1800.0, gt=0, description="bound on one preload pull; job images are often several GB"
+    )
 
 
 class AgentConfig(BaseModel):
@@ -87,6 +137,19 @@ class AgentConfig(BaseModel):
         3600.0, ge=0, description="how long events.jsonl of a finished job stays for a late attach"
     )
     container: ContainerLimits = Field(default_factory=ContainerLimits)
+    preload: PreloadSettings = Field(default_factory=PreloadSettings)
+    image_gc: ImageGcSettings = Field(default_factory=ImageGcSettings)
+    specs_refresh_s: float = Field(
+        21600.0, gt=0, description="machine specs are collected at start and refreshed this often (6 h)"
+    )
+    nvidia_smi_path: str = Field("nvidia-smi", description="nvidia-smi used for the GPU part of the machine specs")
+    job_runner: str = Field(
+        "", description='job-runner plugin as "package.module:ClassName" (executor_agent/runner/plugin.py); '
+        '"" = the built-in behaviour'
+    )
+    job_runner_options: dict[str, Any] = Field(
+        default_factory=dict, description="free-form table handed to the job-runner plugin"
+    )
 
 
 def load_config(path: Path | str | None) -> AgentConfig:

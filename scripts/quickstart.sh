@@ -31,7 +31,7 @@ mkdir -p "$QS"/{run,state,jobs,logs,wallets}
 
 echo "quickstart: podman API service on $QS/run/podman.sock"
 rm -f "$QS/run/podman.sock"
-nohup podman system service --time=0 "unix://$QS/run/podman.sock" >"$QS/logs/podman.log" 2>&1 &
+(cd "$QS/run" && exec nohup podman system service --time=0 "unix://$QS/run/podman.sock" >"$QS/logs/podman.log" 2>&1) &
 echo $! >"$QS/run/podman.pid"
 for _ in $(seq 100); do [ -S "$QS/run/podman.sock" ] && break; sleep 0.1; done
 

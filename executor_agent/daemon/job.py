@@ -29,8 +29,10 @@ from horde_protocol.messages import (
     V0JobFailedRequest,
     V0JobFinishedRequest,
     V0JobRequest,
+    V0MachineSpecsRequest,
     V0VolumesReadyRequest,
 )
+from horde_protocol.structs import MachineSpecs
 
 from executor_agent.config import AgentConfig, ImagePolicy
 from executor_agent.daemon.deadline import (
@@ -44,9 +46,11 @@ from executor_agent.daemon.deadline import (
 )
 from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
 from executor_agent.runner import outputs
-from executor_agent.runner.podman import JobContainerSpec, Podman
+from executor_agent.runner.plugin import JobContext, JobRunner
+from executor_agent.runner.podman import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
 from executor_agent.runner.uploads import UploadError, UploadLimits, upload_outputs
 from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.specs import SpecsCache
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,11 @@ PULL_FAILED_MESSAGE = "Failed to pull docker image"
 MULTIPLE_VOLUMES_MESSAGE = "Received multiple volumes"
 START_SETTLE_TIMEOUT_S = 30.0  # a cancelled start may still finish; wait this long to learn its id
 SHARED_DIR_MODE = 0o777  # the job may run as any user; the stock executor chmods 777 too
+DISK_LIMIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it used {used_mib} MiB in /output, "
+                      "artifacts, its own filesystem and its logs) and was killed")
+CDI_MESSAGE = ("GPU requested (docker_run_options_preset {preset}) but the CDI device {devices} is not configured "
+               "on this executor host; generate the spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`")
+MIB = 1024 * 1024
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -100,6 +109,14 @@ class JobDirs:
     def script(self) -> Path:
         return self.root / "script.py"
 
+    @property
+    def stdout_log(self) -> Path:
+        return self.root / "stdout.log"  # the full stream; moved to output/stdout.txt for upload
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.root / "stderr.log"
+
     def create(self) -> None:
         for d in (self.volume, self.output, self.artifacts):
             d.mkdir(parents=True, exist_ok=True)
@@ -109,7 +126,17 @@ class JobDirs:
         """Delete everything but the event log, which a late attach still needs."""
         for d in (self.volume, self.output, self.artifacts):
             shutil.rmtree(d, ignore_errors=True)
-        self.script.unlink(missing_ok=True)
+        for path in (self.script, self.stdout_log, self.stderr_log):
+            path.unlink(missing_ok=True)
+
+
+@dataclass
+class ContainerResult:
+    """How the container ended, with its logs captured (bounded in memory, full on disk)."""
+
+    exit_code: int
+    stdout: outputs.LogCapture
+    stderr: outputs.LogCapture
 
 
 class JobRun:
@@ -118,7 +145,9 @@ class JobRun:
     leaves the container running, so a restarted agent can pick it up."""
 
     def __init__(self, initial: V0InitialJobRequest, dirs: JobDirs, config: AgentConfig,
-                 podman: Podman, emit: Emit, clock: Callable[[], float] = time.monotonic) -> None:
+                 podman: Podman, emit: Emit, clock: Callable[[], float] = time.monotonic, *,
+                 runner: JobRunner | None = None, specs: SpecsCache | None = None,
+                 image_used: Callable[[str], None] | None = None) -> None:
         self.job_uuid = initial.job_uuid
         self.initial = initial
         self.dirs = dirs
@@ -133,6 +162,12 @@ class JobRun:
         self.task: asyncio.Task[None] | None = None
         self.detaching = False
         self._ending = False  # set once the terminal message is decided; cancel() is then too late
+        self.runner = runner if runner is not None else JobRunner({})
+        self.specs = specs
+        self._image_used = image_used
+        self.result_type: str | None = None
+        self.disk_exceeded_bytes: int | None = None
+        self._ensured_images: set[str] = set()
 
     def start(self, resume: RunningState | None = None) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self.run(resume), name=f"job-{self.job_uuid}")
@@ -185,6 +220,7 @@ class JobRun:
             terminal = self._horde(HordeFailureReason.UNHANDLED_EXCEPTION, "Unhandled exception",
                                    {"exception_type": type(exc).__name__, "stage": self.stage})
         self._ending = True
+        self.result_type = terminal.message_type
         await self._emit(terminal)
         log.info("job ended job=%s stage=%s result=%s took_ms=%d", self.job_uuid, self.stage,
                  terminal.message_type, (self._clock() - started) * 1000)
@@ -202,13 +238,13 @@ class JobRun:
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR, str(exc)) from None
         self.dirs.create()
         if self.initial.docker_image:
-            await self._ensure_image(self.initial.docker_image)
+            await self._ensure_image(await self._hook("image", lambda: self.runner.image(self.context(None))))
         await self._emit(V0ExecutorReadyRequest(job_uuid=self.job_uuid))
         deadline = Deadline(budgets, self._clock())
 
         request = await self._stage(deadline, DOWNLOAD, self._download)
-        exit_code, stdout, stderr = await self._stage(deadline, EXECUTION, lambda: self._execute(request, deadline))
-        return await self._stage(deadline, UPLOAD, lambda: self._upload(request, exit_code, stdout, stderr))
+        result = await self._stage(deadline, EXECUTION, lambda: self._execute(request, deadline))
+        return await self._stage(deadline, UPLOAD, lambda: self._upload(request, result))
 
     async def _resumed(self, state: RunningState) -> Any:
         """Pick the job up at its running (or exited) container after an agent restart."""
@@ -216,9 +252,8 @@ class JobRun:
         self.payload.set_result(state.request)
         deadline = state.deadline(self._clock())
         log.info("job resumed job=%s stage=execution left_s=%.1f", self.job_uuid, deadline.remaining(self._clock()))
-        exit_code, stdout, stderr = await self._stage(deadline, EXECUTION, lambda: self._await_container(deadline),
-                                                      extend=False)
-        return await self._stage(deadline, UPLOAD, lambda: self._upload(state.request, exit_code, stdout, stderr))
+        result = await self._stage(deadline, EXECUTION, lambda: self._await_container(deadline), extend=False)
+        return await self._stage(deadline, UPLOAD, lambda: self._upload(state.request, result))
 
     async def _stage(self, deadline: Deadline, stage: str, body: Callable[[], Awaitable[Any]],
                      extend: bool = True) -> Any:
@@ -236,9 +271,12 @@ class JobRun:
             raise
 
     async def _ensure_image(self, image: str) -> None:
+        if image in self._ensured_images:
+            return
         pull = self.config.image_policy == ImagePolicy.LOCAL_OR_PULL
         if not await self.podman.ensure_image(image, pull=pull, timeout_s=self.config.image_pull_timeout_s):
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR, PULL_FAILED_MESSAGE, {"docker_image": image})
+        self._ensured_images.add(image)
 
     async def _download(self) -> V0JobRequest:
         request = await self.payload
@@ -251,12 +289,33 @@ class JobRun:
             except VolumeError as exc:
                 raise JobFailure(JobFailureReason.DOWNLOAD_FAILED, f"Download failed: {exc}") from exc
             await asyncio.to_thread(_chmod_tree, self.dirs.volume)
-        if request.docker_image != self.initial.docker_image:
-            await self._ensure_image(request.docker_image)
+        await self._ensure_image(await self._hook("image", lambda: self.runner.image(self.context(request))))
         await self._emit(V0VolumesReadyRequest(job_uuid=self.job_uuid))
         return request
 
-    async def _execute(self, request: V0JobRequest, deadline: Deadline) -> tuple[int, str, str]:
+    def context(self, request: V0JobRequest | None) -> JobContext:
+        return JobContext(job_uuid=self.job_uuid, initial=self.initial, request=request, job_dir=self.dirs.root,
+                          volume_dir=self.dirs.volume, output_dir=self.dirs.output, artifacts_dir=self.dirs.artifacts)
+
+    async def _hook(self, hook: str, call: Callable[[], Any]) -> Any:
+        """Run one job-runner plugin hook; its failure is the host's (a horde failure)."""
+        try:
+            result = call()
+            return await result if asyncio.iscoroutine(result) else result
+        except (asyncio.CancelledError, JobFailure, HordeFailure):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any plugin error is reported, never lost
+            log.warning("job runner hook failed job=%s runner=%s hook=%s", self.job_uuid, self.runner.name, hook,
+                        exc_info=True)
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR,
+                               f"Job runner {self.runner.name} failed in {hook}: {type(exc).__name__}: {exc}",
+                               {"stage": self.stage, "hook": hook}) from exc
+
+    async def _execute(self, request: V0JobRequest, deadline: Deadline) -> ContainerResult:
+        ctx = self.context(request)
+        await self._hook("before_start", lambda: self.runner.before_start(ctx))
+        image = await self._hook("image", lambda: self.runner.image(ctx))
+        await self._ensure_image(image)  # a no-op unless the plugin changed its mind since the download stage
         command = list(request.docker_run_cmd or [])
         script = None
         if request.raw_script:
@@ -264,9 +323,10 @@ class JobRun:
             script = self.dirs.script
             if not command:
                 command = ["python", "/script.py"]
+        command = list(await self._hook("command", lambda: self.runner.command(ctx, command)))
         limits = self.config.container
         spec = JobContainerSpec(
-            job_uuid=self.job_uuid, image=request.docker_image, command=command,
+            job_uuid=self.job_uuid, image=image, command=command,
             volume_dir=self.dirs.volume, output_dir=self.dirs.output, env=dict(request.env or {}),
             gpu_preset=str(request.docker_run_options_preset),
             artifacts_dir=self.dirs.artifacts if request.artifacts_dir else None,
@@ -275,42 +335,99 @@ class JobRun:
             shm_size_mib=limits.shm_size_mib,
         )
         try:
-            self.container_id = await self._start_container(spec)
+            kwargs = spec.create_kwargs()
+        except UnknownPreset as exc:
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, f"Unknown docker_run_options_preset: {exc}",
+                               {"preset": spec.gpu_preset}) from None
+        name = kwargs["name"]
+        kwargs = await self._hook("run_options", lambda: self.runner.run_options(ctx, kwargs))
+        kwargs["labels"] = {**(kwargs.get("labels") or {}), JOB_LABEL: self.job_uuid}
+        kwargs["name"] = name
+        if self._image_used is not None:
+            self._image_used(str(kwargs.get("image") or image))
+        try:
+            self.container_id = await self._start_container(kwargs)
+        except CdiUnavailable as exc:
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR,
+                               CDI_MESSAGE.format(preset=spec.gpu_preset, devices=", ".join(kwargs.get("devices", []))),
+                               {"stage": self.stage, "podman_error": str(exc)[:500]}) from None
         except BaseException:
             if not self.detaching:
                 await self._kill_container()
             raise
         log.info("container started job=%s stage=execution container=%s", self.job_uuid, self.container_id[:12])
+        try:
+            await self._hook("after_start", lambda: self.runner.after_start(ctx, self.container_id))
+        except HordeFailure:
+            await self._kill_container()
+            raise
         await asyncio.to_thread(save_running_state, self.dirs.root, self.initial, request, self.container_id,
                                 deadline, self._clock())
         return await self._await_container(deadline)
 
-    async def _await_container(self, deadline: Deadline) -> tuple[int, str, str]:
+    async def _await_container(self, deadline: Deadline) -> ContainerResult:
         assert self.container_id is not None
+        limit_mib = self.config.container.disk_limit_mib
+        watchdog = asyncio.create_task(self._watch_disk(self.container_id, limit_mib * MIB)) if limit_mib else None
         try:
-            exit_code = await self.podman.wait(self.container_id, deadline.container_timeout(self._clock()))
+            try:
+                exit_code = await self.podman.wait(self.container_id, deadline.container_timeout(self._clock()))
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                    await asyncio.gather(watchdog, return_exceptions=True)
             if exit_code is None:
                 await self.podman.kill(self.container_id)
-            stdout, stderr = await self.podman.logs(self.container_id)
+            out = await asyncio.to_thread(outputs.LogCapture, self.dirs.stdout_log)
+            err = await asyncio.to_thread(outputs.LogCapture, self.dirs.stderr_log)
+            try:
+                await self.podman.capture_logs(self.container_id, out, err)
+            finally:
+                out.close()
+                err.close()
         except BaseException:
             if not self.detaching:
                 await self._kill_container()
             raise
+        log.info("container exited job=%s exit_code=%s stdout_bytes=%d stderr_bytes=%d", self.job_uuid, exit_code,
+                 out.total_bytes, err.total_bytes)
+        if self.disk_exceeded_bytes is not None:
+            raise JobFailure(JobFailureReason.NONZERO_RETURN_CODE,
+                             DISK_LIMIT_MESSAGE.format(limit_mib=limit_mib, used_mib=self.disk_exceeded_bytes // MIB),
+                             exit_status=exit_code, stdout=out.text(), stderr=err.text())
         if exit_code is None:
-            raise JobFailure(JobFailureReason.TIMEOUT, CONTAINER_TIMEOUT_MESSAGE,
-                             stdout=outputs.truncate_output(stdout), stderr=outputs.truncate_output(stderr))
+            raise JobFailure(JobFailureReason.TIMEOUT, CONTAINER_TIMEOUT_MESSAGE, stdout=out.text(), stderr=err.text())
         if exit_code != 0:
             raise JobFailure(JobFailureReason.NONZERO_RETURN_CODE,
                              f"Job container exited with non-zero exit code: {exit_code}",
-                             exit_status=exit_code, stdout=outputs.truncate_output(stdout),
-                             stderr=outputs.truncate_output(stderr))
+                             exit_status=exit_code, stdout=out.text(), stderr=err.text())
         await self._emit(V0ExecutionDoneRequest(job_uuid=self.job_uuid))
-        return exit_code, stdout, stderr
+        return ContainerResult(exit_code, out, err)
 
-    async def _start_container(self, spec: JobContainerSpec) -> str:
+    async def _watch_disk(self, container_id: str, limit_bytes: int) -> None:
+        """Kill the container once what it wrote to this host's disk passes the limit. A
+        check, not a quota: overlay here has no size option, and a tmpfs /output would put
+        up to the upload size in RAM and still not cover the container's own filesystem."""
+        interval = self.config.container.disk_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                in_dirs = await asyncio.to_thread(_disk_use, (self.dirs.output, self.dirs.artifacts))
+                used = in_dirs + await self.podman.disk_bytes(container_id)
+            except Exception:  # noqa: BLE001 - a failed measurement is retried next round
+                log.debug("disk measurement failed job=%s", self.job_uuid, exc_info=True)
+                continue
+            if used > limit_bytes:
+                self.disk_exceeded_bytes = used
+                log.warning("job over disk limit job=%s used_mib=%d limit_mib=%d", self.job_uuid, used // MIB,
+                            limit_bytes // MIB)
+                await self.podman.kill(container_id)
+                return
+
+    async def _start_container(self, kwargs: dict[str, Any]) -> str:
         """Start, and learn the container id even when cancelled meanwhile, so a cancel
         or stage timeout in the middle of a start still finds a container to kill."""
-        start = asyncio.ensure_future(self.podman.start_job(spec))
+        start = asyncio.ensure_future(self.podman.start_container(kwargs))
         try:
             return await asyncio.shield(start)
         except asyncio.CancelledError:
@@ -318,9 +435,13 @@ class JobRun:
                 self.container_id = await asyncio.wait_for(start, START_SETTLE_TIMEOUT_S)
             raise
 
-    async def _upload(self, request: V0JobRequest, exit_code: int, stdout: str, stderr: str) -> Any:
-        short_out, short_err = outputs.truncate_output(stdout), outputs.truncate_output(stderr)
-        await asyncio.to_thread(outputs.write_full_outputs, self.dirs.output, stdout, stderr)
+    async def _upload(self, request: V0JobRequest, result: ContainerResult) -> Any:
+        exit_code = result.exit_code
+        short_out, short_err = result.stdout.text(), result.stderr.text()
+        await asyncio.to_thread(outputs.place_full_output, result.stdout.file_path, self.dirs.output,
+                                outputs.STDOUT_FILE)
+        await asyncio.to_thread(outputs.place_full_output, result.stderr.file_path, self.dirs.output,
+                                outputs.STDERR_FILE)
         artifacts: dict[str, str] = {}
         if request.artifacts_dir:
             artifacts = await asyncio.to_thread(outputs.collect_artifacts, self.dirs.artifacts, request.artifacts_dir)
@@ -331,6 +452,8 @@ class JobRun:
             except UploadError as exc:
                 raise JobFailure(JobFailureReason.UPLOAD_FAILED, "Upload failed", exit_status=exit_code,
                                  stdout=short_out, stderr=short_err) from exc
+        if self.specs is not None and self.specs.specs is not None:  # stock: only on success, right before finished
+            await self._emit(V0MachineSpecsRequest(job_uuid=self.job_uuid, specs=MachineSpecs(specs=self.specs.specs)))
         return V0JobFinishedRequest(job_uuid=self.job_uuid, docker_process_stdout=short_out,
                                     docker_process_stderr=short_err, artifacts=artifacts,
                                     upload_results=upload_results)
@@ -351,7 +474,13 @@ class JobRun:
             await self.podman.kill(container_id)
 
     async def _cleanup(self) -> None:
-        """After the terminal event: remove the container(s) and the work dirs (unless kept)."""
+        """After the terminal event: the plugin's cleanup hook, then remove the container(s)
+        and the work dirs (unless kept)."""
+        request = self.payload.result() if self.payload.done() and not self.payload.cancelled() else None
+        try:
+            await self.runner.cleanup(self.context(request), self.container_id, self.result_type or "")
+        except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
+            log.warning("job runner cleanup failed job=%s runner=%s", self.job_uuid, self.runner.name, exc_info=True)
         if self.config.keep_job_dirs:
             return
         try:
@@ -363,6 +492,19 @@ class JobRun:
             drop_running_state(self.dirs.root)
         except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
             log.warning("cleanup failed job=%s", self.job_uuid, exc_info=True)
+
+
+def _disk_use(roots: tuple[Path, ...]) -> int:
+    """Bytes allocated on disk under the roots (st_blocks: a sparse file counts what it takes)."""
+    total = 0
+    for root in roots:
+        for dirpath, _dirnames, filenames in os.walk(root):
+            for name in filenames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except OSError:
+                    pass
+    return total
 
 
 def _chmod_tree(root: Path) -> None:

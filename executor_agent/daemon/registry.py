@@ -23,7 +23,7 @@ from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
 from executor_agent.daemon.job import JobDirs, JobRun
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
 from executor_agent.link import Event, JobSummary, Payload, Submit
-from executor_agent.runner.podman import Podman
+from executor_agent.runner.podman import NotFound, Podman
 from horde_protocol.enums import HordeFailureReason, JobParticipantType
 from horde_protocol.messages import V0HordeFailedRequest
 
@@ -85,6 +85,7 @@ class JobRegistry:
         self.jobs: dict[str, JobEntry] = {}
         self.counters = Counters()
         self._reapers: set[asyncio.Task[None]] = set()
+        self.job_options: dict[str, Any] = {}  # runner, specs, image_used: set by AgentServices
 
     # --- loading -------------------------------------------------------------------
 
@@ -135,7 +136,10 @@ class JobRegistry:
         cleanup, or a crash). Containers of jobs we have no dir for are left alone: they
         may belong to another agent sharing this podman service."""
         for container in await self.podman.job_containers():
-            job_uuid = await self.podman.job_label_of(container.container_id)
+            try:
+                job_uuid = await self.podman.job_label_of(container.container_id)
+            except NotFound:
+                continue  # removed since the listing (by the agent that owns it, or an operator)
             entry = self.jobs.get(job_uuid or "")
             if entry is not None and entry.events.finished:
                 log.info("reaping container job=%s container=%s", job_uuid, container.container_id[:12])
@@ -145,7 +149,7 @@ class JobRegistry:
         async def emit(message: Any) -> None:
             self.publish(entry, message)
 
-        entry.run = JobRun(initial, entry.dirs, self.config, self.podman, emit, self.clock)
+        entry.run = JobRun(initial, entry.dirs, self.config, self.podman, emit, self.clock, **self.job_options)
         task = entry.run.start(resume)
         task.add_done_callback(lambda _t: self._run_done(entry))
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from executor_agent import __version__
 from executor_agent.config import AgentConfig
 from executor_agent.daemon.registry import JobRegistry, RegistryError
+from executor_agent.daemon.services import AgentServices, JobRunnerError
 from executor_agent.link import (
     MAX_FRAME_BYTES,
     Attach,
@@ -38,8 +39,9 @@ from executor_agent.runner.podman import Podman
 
 log = logging.getLogger(__name__)
 
-SOCKET_MODE = 0o600  # only root (and whoever the miner's SSH user maps to via sudoers/group) may talk to us
+SOCKET_MODE = 0o660  # owner and group: the unit's RuntimeDirectory (0750) admits only the executor-agent group
 SOCKET_DIR_MODE = 0o755
+WATCHDOG_PING_S = 10.0  # well inside the unit's WatchdogSec=30s; sent from the event loop
 CONNECTION_CLOSE_TIMEOUT_S = 5.0  # stop() waits this long for reader loops to notice the close
 MAX_ERROR_DETAIL_CHARS = 300  # enough to name the field and the problem, short enough for a log line
 
@@ -156,6 +158,7 @@ class ExecutorAgent:
         self.config = config
         self.podman = Podman(config.podman_url)
         self.registry = JobRegistry(config, self.podman)
+        self.services: AgentServices | None = None  # specs, image GC, job-runner plugin; built in start()
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[Connection, asyncio.Task[None]] = {}
 
@@ -168,8 +171,13 @@ class ExecutorAgent:
             self._prepare_socket_path(self.config.socket_path)
         except OSError as exc:
             raise AgentStartError(f"{exc.filename}: {exc.strerror}") from None
+        try:
+            self.services = AgentServices(self.config, self.podman, self.registry)
+        except JobRunnerError as exc:
+            raise AgentStartError(str(exc)) from None
         self.registry.load_existing()
         await self.registry.recover()
+        self.services.start()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.config.socket_path),
                                                        limit=MAX_FRAME_BYTES)
         os.chmod(self.config.socket_path, SOCKET_MODE)
@@ -204,6 +212,8 @@ class ExecutorAgent:
             connection.writer.transport.abort()
         if self._connections:
             await asyncio.wait(list(self._connections.values()), timeout=CONNECTION_CLOSE_TIMEOUT_S)
+        if self.services is not None:
+            await self.services.stop()
         left = await self.registry.detach_all()
         if self._server is not None:
             await self._server.wait_closed()
@@ -221,8 +231,12 @@ async def serve(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _notify("READY=1\nSTATUS=listening")
-    await stop.wait()
+    _notify(f"READY=1\nSTATUS=listening on {config.socket_path}, {config.slots} slot(s)")
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), WATCHDOG_PING_S)
+        except TimeoutError:
+            _notify("WATCHDOG=1")
     _notify("STOPPING=1")
     left = await agent.stop()
     c = agent.registry.counters

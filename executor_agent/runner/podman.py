@@ -10,18 +10,25 @@ Podman 4.3 gotchas handled here (see test-environment.md §1):
 * `wait()` polls every 250 ms by default: we pass `interval="20ms"`.
 * `wait(timeout=...)` raises a requests read timeout dressed as APIError: we bound the
   wait with asyncio instead and kill the container, which ends the blocked thread.
+* `container.logs(stream=False)` loads the whole log into memory: we stream the frames
+  into a bounded `LogCapture` instead (a job may print gigabytes).
+* an unresolvable CDI device (no GPU spec in /etc/cdi) fails at *start* with a 500 whose
+  text names CDI: we raise `CdiUnavailable` so the job reports what to fix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import podman
 from podman.errors import APIError, NotFound, PodmanError
+
+from executor_agent.runner.outputs import FrameDecoder, LogCapture
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,7 @@ NOT_RUNNING_TEXTS = ("can only kill running containers", "not running", "state i
 CDI_ALL_GPUS = "nvidia.com/gpu=all"
 GPU_PRESET_DEVICES: dict[str, list[str]] = {"nvidia_all": [CDI_ALL_GPUS], "none": []}
 MIB = 1024 * 1024
+LOG_READ_CHUNK_BYTES = 256 * 1024  # one read from the log stream; frames are sliced out of it
 
 
 class RunnerError(Exception):
@@ -40,6 +48,21 @@ class RunnerError(Exception):
 
 class UnknownPreset(RunnerError):
     pass
+
+
+class CdiUnavailable(RunnerError):
+    """A CDI device (the GPU) was asked for but podman has no spec that provides it."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image in local storage, as the image GC sees it."""
+
+    image_id: str
+    names: tuple[str, ...]  # repo:tag names; empty for a dangling image
+    digests: tuple[str, ...]  # repo@sha256:... names
+    size_bytes: int
+    created_unix: float
 
 
 def normalize_image(ref: str) -> str:
@@ -160,12 +183,18 @@ class Podman:
     async def start_job(self, spec: JobContainerSpec) -> str:
         """Create and start the job container; returns its id. On a failed start the
         created container is removed so nothing half-made is left behind."""
-        kwargs = spec.create_kwargs()
+        return await self.start_container(spec.create_kwargs())
+
+    async def start_container(self, kwargs: dict[str, Any]) -> str:
+        """Create and start from podman-py `containers.create` kwargs (after a job-runner
+        plugin had its say); returns the id."""
         container = await self._call(self._client.containers.create, **kwargs)
         try:
             await self._call(container.start)
-        except (RunnerError, NotFound):
+        except (RunnerError, NotFound) as exc:
             await self.remove(container.id)
+            if "CDI" in str(exc):
+                raise CdiUnavailable(str(exc)) from exc
             raise
         return str(container.id)
 
@@ -197,15 +226,48 @@ class Podman:
         await self.wait(container_id, KILL_WAIT_S)
 
     async def logs(self, container_id: str) -> tuple[str, str]:
-        """Full stdout and stderr, fetched separately after exit (decoded, invalid bytes replaced)."""
-        container = await self._get(container_id)
+        """stdout and stderr as message texts (stock truncation, invalid bytes replaced);
+        memory stays bounded however much the container printed."""
+        out, err = LogCapture(), LogCapture()
+        await self.capture_logs(container_id, out, err)
+        return out.text(), err.text()
 
-        def read(stdout: bool) -> bytes:
-            return b"".join(container.logs(stdout=stdout, stderr=not stdout, stream=False))
+    async def capture_logs(self, container_id: str, stdout_capture: LogCapture,
+                           stderr_capture: LogCapture) -> None:
+        """Stream stdout and stderr (separately, after exit) into bounded captures."""
 
-        out = await self._call(read, True)
-        err = await self._call(read, False)
-        return out.decode(errors="replace"), err.decode(errors="replace")
+        def read(stdout: bool, capture: LogCapture) -> None:
+            params = {"stdout": stdout, "stderr": not stdout, "follow": False}
+            response = self._client.api.get(f"/containers/{container_id}/logs", params=params, stream=True)
+            try:
+                response.raise_for_status()
+                decoder = FrameDecoder(capture)
+                for chunk in response.iter_content(LOG_READ_CHUNK_BYTES):
+                    decoder.feed(chunk)
+            finally:
+                response.close()
+
+        await self._call(read, True, stdout_capture)
+        await self._call(read, False, stderr_capture)
+
+    async def disk_bytes(self, container_id: str) -> int:
+        """What the container wrote to this host's disk outside its binds: its root
+        filesystem layer (SizeRw) plus its log file."""
+
+        def measure() -> int:
+            response = self._client.api.get(f"/containers/{container_id}/json", params={"size": True})
+            response.raise_for_status()
+            attrs = response.json()
+            total = int(attrs.get("SizeRw") or 0)
+            log_path = ((attrs.get("HostConfig") or {}).get("LogConfig") or {}).get("Path")
+            if log_path:
+                try:
+                    total += os.path.getsize(log_path)
+                except OSError:
+                    pass
+            return total
+
+        return int(await self._call(measure))
 
     async def state(self, container_id: str) -> ContainerState | None:
         try:
@@ -234,6 +296,44 @@ class Podman:
             result.append(ContainerState(str(c.id), str(status), c.attrs.get("ExitCode")))
         return result
 
+    async def list_images(self) -> list[ImageInfo]:
+        def fetch() -> list[ImageInfo]:
+            response = self._client.api.get("/images/json", params={"all": False})
+            response.raise_for_status()
+            return [ImageInfo(
+                image_id=str(item.get("Id", "")),
+                names=tuple(n for n in (item.get("RepoTags") or item.get("Names") or []) if n and "<none>" not in n),
+                digests=tuple(item.get("RepoDigests") or []),
+                size_bytes=int(item.get("Size") or 0),
+                created_unix=float(item.get("Created") or 0),
+            ) for item in response.json()]
+
+        return list(await self._call(fetch))
+
+    async def image_ids_in_use(self) -> set[str]:
+        """Images of every container podman knows (running or not, ours or not)."""
+        found = await self._call(self._client.containers.list, all=True)
+        return {str(c.attrs.get("ImageID") or c.attrs.get("Image") or "") for c in found} - {""}
+
+    async def image_id(self, ref: str) -> str | None:
+        try:
+            image = await self._call(self._client.images.get, normalize_image(ref))
+        except NotFound:
+            return None
+        return str(image.id)
+
+    async def remove_image(self, ref: str) -> None:
+        """Untag or remove one image name (or id); never forced, so an image a container
+        uses stays. A name that is already gone is fine."""
+        try:
+            await self._call(self._client.images.remove, ref, force=False)
+        except NotFound:
+            pass
+
+    async def graph_root(self) -> str:
+        info = await self._call(self._client.info)
+        return str((info.get("store") or {}).get("graphRoot") or "/var/lib/containers/storage")
+
     async def job_label_of(self, container_id: str) -> str | None:
         container = await self._get(container_id)
         return (container.labels or {}).get(JOB_LABEL)
@@ -247,6 +347,8 @@ class Podman:
 
 __all__ = [
     "APIError",
+    "CdiUnavailable",
+    "ImageInfo",
     "ContainerState",
     "JOB_LABEL",
     "JobContainerSpec",

@@ -73,13 +73,13 @@ def types(events: list[Event]) -> list[str]:
 async def test_job_succeeds_in_order(link_client: LinkClient, busybox_image: str, executor_agent: Any) -> None:
     job_uuid, events = await run_job(link_client, busybox_image, ["/bin/sh", "-c", "echo hi; echo oops >&2"])
     assert types(events) == ["V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest",
-                             "V0JobFinishedRequest"]
-    assert [e.seq for e in events] == [1, 2, 3, 4]
+                             "V0MachineSpecsRequest", "V0JobFinishedRequest"]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     finished = events[-1].message
     assert finished.docker_process_stdout == "hi\n"
     assert finished.docker_process_stderr == "oops\n"
     log_path = executor_agent.config.jobs_dir / job_uuid / "events.jsonl"
-    assert [json.loads(line)["seq"] for line in log_path.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(line)["seq"] for line in log_path.read_text().splitlines()] == [1, 2, 3, 4, 5]
     await asyncio.sleep(0.2)  # cleanup runs right after the terminal event
     assert containers_with_label(job_uuid) == []
     assert not (executor_agent.config.jobs_dir / job_uuid / "output").exists()
@@ -183,7 +183,7 @@ async def test_payload_before_submit_and_duplicates(link_client: LinkClient, bus
     await link_client.send(Payload(job_uuid=job_uuid, request=request))
     await link_client.send(Payload(job_uuid=job_uuid, request=request))
     frames = [await link_client.recv()]
-    while not (isinstance(frames[-1], Event) and frames[-1].seq == 4):
+    while not (isinstance(frames[-1], Event) and frames[-1].seq == 5):
         frames.append(await link_client.recv())
     assert any(isinstance(f, LinkError) and "already has its payload" in f.details for f in frames)
     assert frames[-1].message.docker_process_stdout == "done\n"
@@ -255,7 +255,7 @@ async def test_restart_resumes_running_job(agent_config: Any, busybox_image: str
         await client.send(Attach(job_uuid=job_uuid, since_seq=2))
         events = await client.recv_events(job_uuid)
         assert [(e.seq, e.message.message_type) for e in events] == [
-            (3, "V0ExecutionDoneRequest"), (4, "V0JobFinishedRequest")]
+            (3, "V0ExecutionDoneRequest"), (4, "V0MachineSpecsRequest"), (5, "V0JobFinishedRequest")]
         assert events[-1].message.docker_process_stdout == "resumed-ok\n"
         await client.close()
     finally:

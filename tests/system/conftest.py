@@ -1,0 +1,155 @@
+"""System-test fixtures: the two .debs, built once, and a Debian 12 machine with real systemd.
+
+The machine is a podman container booting /sbin/init (test-environment.md §4), privileged
+and with the host's cgroup tree mounted read-write, because the executor agent inside it
+runs its job containers through its own podman (nested podman needs both on a cgroup-v1
+host). It has no network: the registry for the preload test runs on its loopback.
+
+Nothing here skips. What the tests need is installed with apt when missing (as root), or
+the session fails with the command to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CONTAINERS_CONF = REPO / "packaging" / "podman" / "containers.conf"
+IMAGE_REPO = "localhost/miner-agent-systest"
+BOOT_TIMEOUT_S = 60.0
+BUILD_TIMEOUT_S = 900.0
+EXEC_TIMEOUT_S = 180.0
+HOST_TOOLS = {"debootstrap": "debootstrap", "podman": "podman", "dpkg-deb": "dpkg"}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
+
+
+def _ensure_host_tools() -> None:
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        pytest.fail(f"system tests need {' '.join(missing)}: run  sudo apt-get install {' '.join(missing)}")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+
+
+def _image_tag() -> str:
+    """A tag that changes whenever the image recipe does, so a cached image is always current."""
+    digest = hashlib.sha256()
+    for path in [HERE / "build-image.sh", HERE / "Containerfile", *sorted((HERE / "image").iterdir())]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{IMAGE_REPO}:{digest.hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="session")
+def systest_image() -> str:
+    """The booted-machine image, built on first use (about 70 s) and kept for later runs."""
+    if os.geteuid() != 0:
+        pytest.fail("system tests run podman with --privileged and need root (CI runs as root)")
+    _ensure_host_tools()
+    tag = _image_tag()
+    exists = subprocess.run(["podman", "image", "exists", tag], env=_env())
+    if exists.returncode != 0:
+        done = subprocess.run(["bash", str(HERE / "build-image.sh"), tag], env=_env(), capture_output=True,
+                              text=True, timeout=BUILD_TIMEOUT_S)
+        if done.returncode != 0:
+            pytest.fail(f"building the system-test image failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def debs() -> Iterator[dict[str, Path]]:
+    """{'miner-agent': path, 'executor-agent': path}, built by the same command operators use."""
+    _ensure_host_tools()
+    out = Path(tempfile.mkdtemp(prefix="miner-agent-debs-"))
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(REPO / "scripts" / "build-debs.sh"), str(out)], capture_output=True,
+                          text=True, timeout=BUILD_TIMEOUT_S)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-debs.sh failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    found = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    assert set(found) == {"miner-agent", "executor-agent"}, f"unexpected build output: {sorted(found)}"
+    print(f"\nbuild-debs took {time.monotonic() - started:.1f} s")
+    try:
+        yield found
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+
+class Machine:
+    """A booted container; `sh` runs a bash command line in it as root."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def sh(self, command: str, check: bool = True, timeout: float = EXEC_TIMEOUT_S) -> Run:
+        done = subprocess.run(["podman", "--log-level=error", "exec", self.name, "bash", "-c", command], env=_env(),
+                              capture_output=True, text=True, timeout=timeout)
+        result = Run(done.returncode, done.stdout, done.stderr)
+        if check and done.returncode != 0:
+            raise AssertionError(f"in {self.name}: `{command}` exited {done.returncode}\n"
+                                 f"stdout: {done.stdout[-3000:]}\nstderr: {done.stderr[-3000:]}")
+        return result
+
+    def copy_in(self, source: Path, target: str) -> None:
+        subprocess.run(["podman", "cp", str(source), f"{self.name}:{target}"], env=_env(), check=True)
+
+    def unit(self, unit: str, prop: str) -> str:
+        return self.sh(f"systemctl show -p {prop} --value {unit}").out.strip()
+
+    def journal(self, unit: str) -> str:
+        return self.sh(f"journalctl -u {unit} --no-pager -o cat").out
+
+
+@pytest.fixture(scope="module")
+def machine(systest_image: str) -> Iterator[Machine]:
+    name = f"miner-agent-systest-{os.getpid()}"
+    subprocess.run(["podman", "rm", "-f", name], env=_env(), capture_output=True)
+    subprocess.run(
+        ["podman", "run", "-d", "--name", name, "--privileged", "--systemd=always", "--network", "none",
+         "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--label", "io.miner-agent.systest=1",
+         systest_image],
+        env=_env(), check=True, capture_output=True,
+    )
+    box = Machine(name)
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        state = ""
+        while time.monotonic() < deadline:
+            state = box.sh("systemctl is-system-running", check=False).out.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"systemd in the test machine did not finish booting: {state!r}")
+        yield box
+    finally:
+        # Job containers inside die with the machine; their cgroups on the host tree go too.
+        box.sh("podman rm -af -t 0 >/dev/null 2>&1 || true", check=False)
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=_env(), capture_output=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "system: boots a Debian 12 machine with systemd and installs the .debs")
