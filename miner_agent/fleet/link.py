@@ -58,6 +58,9 @@ class ExecutorLink:
     down_since: float | None = field(default_factory=time.monotonic)
     last_up: float | None = None  # monotonic time the link was last seen up
     _last_seq: dict[str, int] = field(default_factory=dict)
+    # submit/payload frames with the last seq seen when they were sent; dropped once a later
+    # event proves the agent has them, re-sent after a reconnect until then
+    _unconfirmed: dict[str, list[tuple[int, L.Submit | L.Payload]]] = field(default_factory=dict)
     _writer: asyncio.StreamWriter | asyncssh.SSHWriter | None = None
     _ssh: asyncssh.SSHClientConnection | None = None
     _task: asyncio.Task[None] | None = None
@@ -79,6 +82,7 @@ class ExecutorLink:
 
     def untrack(self, job_uuid: str) -> None:
         self._last_seq.pop(job_uuid, None)
+        self._unconfirmed.pop(job_uuid, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"link-{self.name}")
@@ -97,7 +101,19 @@ class ExecutorLink:
         except TimeoutError:
             return False
 
+    def keep_until_confirmed(self, frame: L.Submit | L.Payload, at_seq: int) -> None:
+        """Re-send `frame` after every reconnect until an event after `at_seq` shows the agent
+        has it. `send` does this itself; a restarted miner calls it for a reloaded job whose
+        submit or payload may never have reached the agent."""
+        self._unconfirmed.setdefault(frame.job_uuid, []).append((at_seq, frame))
+
     async def send(self, frame: L._Frame) -> None:
+        if isinstance(frame, L.Submit | L.Payload) and frame.job_uuid in self._last_seq:
+            # Kept even when the write fails or lands in a dying connection.
+            self.keep_until_confirmed(frame, self._last_seq[frame.job_uuid])
+        await self._write(frame)
+
+    async def _write(self, frame: L._Frame) -> None:
         writer = self._writer
         if self.state is not LinkState.UP or writer is None:
             raise LinkDown(f"executor {self.name}: link is {self.state.value} ({self.last_error or 'not connected yet'})")
@@ -161,8 +177,10 @@ class ExecutorLink:
         self.down_since = None
         self._up.set()
         log.info("executor link up executor=%s agent_version=%s slots=%d", self.name, hello.agent_version, hello.slots)
+        known = {job.job_uuid: job.last_seq for job in hello.jobs}
         for job_uuid, seq in list(self._last_seq.items()):
-            await self.send(L.Attach(job_uuid=job_uuid, since_seq=seq))
+            await self._resend(job_uuid, known.get(job_uuid))
+            await self._write(L.Attach(job_uuid=job_uuid, since_seq=seq))
         while True:
             line = await reader.readline()
             if not line:
@@ -185,7 +203,21 @@ class ExecutorLink:
         if event.seq <= seen:
             return  # replayed after a re-attach: already delivered
         self._last_seq[event.job_uuid] = event.seq
+        if pending := self._unconfirmed.get(event.job_uuid):
+            # The agent answers a submit (ready) or a payload (volumes ready) only after taking it.
+            pending[:] = [(at, frame) for at, frame in pending if at >= event.seq]
         await self.on_event(self.name, event)
+
+    async def _resend(self, job_uuid: str, agent_seq: int | None) -> None:
+        """Re-send what the agent may have missed (sent while the link was down, or into a
+        connection that was dying): a submit it does not know, a payload it has not used."""
+        pending = self._unconfirmed.get(job_uuid, [])
+        pending[:] = [(at, frame) for at, frame in pending if agent_seq is None or agent_seq <= at]
+        for _, frame in pending:
+            if isinstance(frame, L.Submit) and agent_seq is not None:
+                continue  # the agent has the job
+            log.info("re-sending after reconnect executor=%s job=%s frame=%s", self.name, job_uuid, frame.link)
+            await self._write(frame)
 
     async def _close_transport(self) -> None:
         writer, self._writer = self._writer, None
