@@ -21,7 +21,8 @@ miner -> executor
 executor -> miner
     hello    first frame on every connection: version, slots, the jobs it knows
     event    one upward job message with its per-job sequence number (1, 2, ...)
-    error    a frame the agent could not act on; the connection stays open
+    error    a frame the agent could not act on (code busy / unknown_job: the job cannot
+             run here); the connection stays open
     pong     answer to ping
 
 Every event is appended to the job's event log on the executor host before it is
@@ -98,6 +99,10 @@ class LinkError(_Frame):
     link: Literal["error"] = "error"
     job_uuid: str | None = None
     details: str
+    # "busy" (no free slot for a submit) and "unknown_job" mean the job cannot run here and
+    # the miner should end it; anything else ("" included) is informational, e.g. a
+    # duplicate frame re-sent after a reconnect.
+    code: str = ""
 
 
 class Pong(_Frame):

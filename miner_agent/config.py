@@ -11,7 +11,8 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import asyncssh
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
 from miner_agent.chain.config import ChainSection
@@ -80,6 +81,18 @@ class SshExecutor(_ExecutorBase):
     # The host's public key line ("ssh-ed25519 AAAA..."), pinned: no trust on first use.
     host_key: str
     socket: Path = DEFAULT_EXECUTOR_SOCKET
+
+    @field_validator("host_key")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            asyncssh.import_public_key(value.strip())
+        except (asyncssh.KeyImportError, ValueError):
+            raise ValueError(
+                "host_key must be the host's public key line, e.g. the content of "
+                "/etc/ssh/ssh_host_ed25519_key.pub on that host ('ssh-ed25519 AAAA...')"
+            ) from None
+        return value.strip()
 
 
 ExecutorEntry = Annotated[Union[LocalExecutor, SshExecutor], Field(discriminator="mode")]

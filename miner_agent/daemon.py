@@ -20,7 +20,7 @@ from miner_agent.chain.duties import build_chain_duties
 from miner_agent.config import MinerConfig
 from miner_agent.db import open_db
 from miner_agent.fleet.manager import load_manager
-from miner_agent.fleet.pool import Fleet
+from miner_agent.fleet.pool import MANIFEST_HOLD_S, Fleet
 from miner_agent.jobs.service import JobService
 from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer, load_hotkey
@@ -58,10 +58,14 @@ class MinerAgent:
         async def on_event(name: str, event: object) -> None:
             await service_ref[0].on_event(name, event)  # type: ignore[arg-type]
 
+        async def on_job_error(name: str, job_uuid: str, details: str) -> None:
+            await service_ref[0].on_link_error(name, job_uuid, details)
+
         manager = None
         if cfg.executor_manager.class_path:
             manager = load_manager(cfg.executor_manager.class_path, cfg.executor_manager.options)
-        fleet = Fleet(list(cfg.executors), on_event, manager=manager)
+        fleet = Fleet(list(cfg.executors), on_event, on_job_error, manager=manager,
+                      manifest_hold_s=min(MANIFEST_HOLD_S, cfg.miner.executor_lost_after_s))
         jobs_db = JobStore(conn)
         for name in jobs_db.drained() & set(fleet.links):
             fleet.drain(name)

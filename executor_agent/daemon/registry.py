@@ -38,7 +38,11 @@ class Subscriber(Protocol):
 
 
 class RegistryError(Exception):
-    """A frame the registry cannot act on; the server answers it with a LinkError."""
+    """A frame the registry cannot act on; the server answers it with a LinkError carrying `code`."""
+
+    def __init__(self, details: str, code: str = "") -> None:
+        super().__init__(details)
+        self.code = code
 
 
 @dataclass
@@ -170,7 +174,7 @@ class JobRegistry:
         if job_uuid in self.jobs or (self.config.jobs_dir / job_uuid).exists():
             raise RegistryError(f"job {job_uuid} was already submitted; attach to it instead")
         if self.active_count() >= self.config.slots:
-            raise RegistryError(f"busy: all {self.config.slots} slots of this executor are in use")
+            raise RegistryError(f"busy: all {self.config.slots} slots of this executor are in use", code="busy")
         dirs = JobDirs(self.config.jobs_dir / job_uuid)
         dirs.root.mkdir(parents=True, exist_ok=False)
         entry = JobEntry(job_uuid, dirs, EventLog(dirs.root / EVENTS_FILE))
@@ -212,7 +216,7 @@ class JobRegistry:
     def _known(self, job_uuid: str) -> JobEntry:
         entry = self.jobs.get(job_uuid)
         if entry is None:
-            raise RegistryError(f"unknown job {job_uuid}; submit it first")
+            raise RegistryError(f"unknown job {job_uuid}; submit it first", code="unknown_job")
         return entry
 
     # --- events --------------------------------------------------------------------

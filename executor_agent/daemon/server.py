@@ -124,7 +124,7 @@ class Connection:
             elif isinstance(frame, Ping):
                 self.deliver(Pong(nonce=frame.nonce))
         except RegistryError as exc:
-            self.deliver(LinkError(job_uuid=getattr(frame, "job_uuid", None), details=str(exc)))
+            self.deliver(LinkError(job_uuid=getattr(frame, "job_uuid", None), details=str(exc), code=exc.code))
         except OSError as exc:
             log.error("frame failed link=%s error=%s", frame.link, exc)
             self.deliver(LinkError(job_uuid=getattr(frame, "job_uuid", None),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import podman
+import requests
 from podman.errors import APIError, NotFound, PodmanError
 
 from executor_agent.runner.outputs import FrameDecoder, LogCapture
@@ -33,6 +34,8 @@ from executor_agent.runner.outputs import FrameDecoder, LogCapture
 log = logging.getLogger(__name__)
 
 JOB_LABEL = "io.computehorde.job-uuid"
+WAIT_SLICE_S = 1.0  # longest one blocking podman wait may hold a worker thread
+MIN_WAIT_SLICE_S = 0.05
 WAIT_POLL_INTERVAL = "20ms"  # podman-py's default of 250 ms adds up to a quarter second per job
 KILL_WAIT_S = 10.0  # after SIGKILL the container must be gone from `running` within this bound
 NOT_RUNNING_TEXTS = ("can only kill running containers", "not running", "state improper")
@@ -40,6 +43,16 @@ CDI_ALL_GPUS = "nvidia.com/gpu=all"
 GPU_PRESET_DEVICES: dict[str, list[str]] = {"nvidia_all": [CDI_ALL_GPUS], "none": []}
 MIB = 1024 * 1024
 LOG_READ_CHUNK_BYTES = 256 * 1024  # one read from the log stream; frames are sliced out of it
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """True when the error is podman-py's request timeout (APIError <- ReadTimeout)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class RunnerError(Exception):
@@ -201,15 +214,21 @@ class Podman:
     async def wait(self, container_id: str, timeout_s: float) -> int | None:
         """Exit code, or None when the container still runs after timeout_s.
 
-        The blocked worker thread is left behind on timeout; the caller kills the
-        container next, which makes podman answer and the thread return.
+        podman's wait blocks a worker thread, and a stopping agent must not be held by one
+        (systemd would SIGKILL it after TimeoutStopSec), so the wait is made in slices of
+        at most WAIT_SLICE_S, each ended by podman-py's own request timeout.
         """
         container = await self._get(container_id)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return int(await self._call(container.wait, condition="exited", interval=WAIT_POLL_INTERVAL))
-        except TimeoutError:
-            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            try:
+                return int(await self._call(container.wait, condition="exited", interval=WAIT_POLL_INTERVAL,
+                                            timeout=max(MIN_WAIT_SLICE_S, min(WAIT_SLICE_S, left))))
+            except RunnerError as exc:
+                if not _timed_out(exc):
+                    raise
+        return None
 
     async def kill(self, container_id: str) -> None:
         """SIGKILL (no grace: a job over its limit has had its time); ignores a gone container."""

@@ -46,12 +46,15 @@ class LinkDown(Exception):
 
 
 EventHandler = Callable[[str, L.Event], Awaitable[None]]
+JobErrorHandler = Callable[[str, str, str], Awaitable[None]]  # executor name, job uuid, details
+FATAL_ERROR_CODES = frozenset({"busy", "unknown_job"})  # the job cannot run on that agent
 
 
 @dataclass
 class ExecutorLink:
     entry: LocalExecutor | SshExecutor
     on_event: EventHandler
+    on_job_error: JobErrorHandler | None = None
     state: LinkState = LinkState.CONNECTING
     hello: L.Hello | None = None
     last_error: str = ""
@@ -180,7 +183,10 @@ class ExecutorLink:
         known = {job.job_uuid: job.last_seq for job in hello.jobs}
         for job_uuid, seq in list(self._last_seq.items()):
             await self._resend(job_uuid, known.get(job_uuid))
-            await self._write(L.Attach(job_uuid=job_uuid, since_seq=seq))
+            if job_uuid in known or seq > 0 or self._unconfirmed.get(job_uuid):
+                await self._write(L.Attach(job_uuid=job_uuid, since_seq=seq))
+            # else: reserved here but its submit is not sent yet; attaching would only earn
+            # an "unknown job" from the agent.
         while True:
             line = await reader.readline()
             if not line:
@@ -193,7 +199,11 @@ class ExecutorLink:
             if isinstance(frame, L.Event):
                 await self._deliver(frame)
             elif isinstance(frame, L.LinkError):
-                log.error("executor reported an error executor=%s job=%s details=%r", self.name, frame.job_uuid, frame.details)
+                log.error("executor reported an error executor=%s job=%s code=%s details=%r",
+                          self.name, frame.job_uuid, frame.code or "-", frame.details)
+                tracked = frame.job_uuid is not None and frame.job_uuid in self._last_seq
+                if tracked and frame.code in FATAL_ERROR_CODES and self.on_job_error is not None:
+                    await self.on_job_error(self.name, frame.job_uuid, frame.details)
 
     async def _deliver(self, event: L.Event) -> None:
         seen = self._last_seq.get(event.job_uuid)

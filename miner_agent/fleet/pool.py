@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from executor_agent import link as L
 from horde_protocol.enums import ExecutorClass
 from miner_agent.config import ExecutorEntry, LocalExecutor, SshExecutor
-from miner_agent.fleet.link import EventHandler, ExecutorLink, LinkState
+from miner_agent.fleet.link import EventHandler, ExecutorLink, JobErrorHandler, LinkState
 from miner_agent.fleet.manager import BaseExecutorManager, ExecutorUnavailable, ManagedExecutor
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,13 @@ MANIFEST_HOLD_S = 300.0  # one manifest poll period: a link down for less still 
 class Fleet:
     entries: list[ExecutorEntry]
     on_event: EventHandler
+    on_job_error: JobErrorHandler | None = None
     links: dict[str, ExecutorLink] = field(default_factory=dict)
     jobs: dict[str, set[str]] = field(default_factory=dict)  # executor name -> job uuids holding a slot
     drained: set[str] = field(default_factory=set)  # finish what they run, take nothing new
+    # A link down for less still counts in the manifest; the daemon caps it at
+    # executor_lost_after_s, since past that the executor's jobs are failed anyway.
+    manifest_hold_s: float = MANIFEST_HOLD_S
     manager: BaseExecutorManager | None = None
     managed_class: dict[str, str] = field(default_factory=dict)  # manager executor name -> class, reserve..retire
     managed: dict[str, ManagedExecutor] = field(default_factory=dict)  # started ones
@@ -42,7 +46,7 @@ class Fleet:
 
     def __post_init__(self) -> None:
         for entry in self.entries:
-            self.links[entry.name] = ExecutorLink(entry, self.on_event)
+            self.links[entry.name] = ExecutorLink(entry, self.on_event, self.on_job_error)
             self.jobs[entry.name] = set()
             self._idle_since[entry.name] = 0.0
 
@@ -68,7 +72,7 @@ class Fleet:
         counts = Counter(
             str(e.executor_class.value)
             for e in self.entries
-            if e.name not in self.drained and self.links[e.name].reachable(now, MANIFEST_HOLD_S)
+            if e.name not in self.drained and self.links[e.name].reachable(now, self.manifest_hold_s)
         )
         for cls, n in self._manager_manifest().items():
             counts[cls] += n
@@ -100,7 +104,8 @@ class Fleet:
             and len(self.jobs[e.name]) < self.slots(e.name)
         ]
         if free:
-            name = min(free, key=lambda n: self._idle_since[n])
+            # Least loaded first (jobs per slot), then the one idle the longest.
+            name = min(free, key=lambda n: (len(self.jobs[n]) / self.slots(n), self._idle_since[n]))
             self.bind(name, job_uuid, last_seq=0)
             return name
         in_use = sum(1 for c in self.managed_class.values() if c == executor_class)
@@ -134,7 +139,7 @@ class Fleet:
         self._add_link(endpoint, job_uuid, last_seq)
 
     def _add_link(self, endpoint: LocalExecutor | SshExecutor, job_uuid: str, last_seq: int) -> ExecutorLink:
-        link = ExecutorLink(endpoint, self.on_event)
+        link = ExecutorLink(endpoint, self.on_event, self.on_job_error)
         link.track(job_uuid, last_seq)
         self.links[endpoint.name] = link
         link.start()

@@ -26,7 +26,16 @@ from horde_protocol.messages import (
 from miner_agent.config import ExecutorEntry
 from miner_agent.fleet.link import LinkDown
 from miner_agent.fleet.pool import Fleet
-from miner_agent.jobs.machine import PROGRESS_ORDER, Budget, JobMachine, JobRequestRefused, Release, ToExecutor, ToValidator
+from miner_agent.jobs.machine import (
+    PROGRESS_ORDER,
+    Budget,
+    JobMachine,
+    JobRequestRefused,
+    JobState,
+    Release,
+    ToExecutor,
+    ToValidator,
+)
 from miner_agent.jobs.store import JobStore
 from miner_agent.metrics import MinerMetrics
 from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
@@ -121,6 +130,14 @@ class JobService:
                 self.fleet.adopt(endpoint, row.executor_class, row.job_uuid, row.last_executor_seq, saved.get("extra"))
             elif row.executor_name in self.fleet.links:
                 self.fleet.bind(row.executor_name, row.job_uuid, row.last_executor_seq)
+            else:
+                continue  # its executor is gone from the config; the ticker fails it honestly
+            link = self.fleet.links[row.executor_name]
+            if row.last_executor_seq == 0:  # the submit may never have reached the agent
+                link.keep_until_confirmed(L.Submit(job_uuid=row.job_uuid, initial=initial), 0)
+            if row.request_json and row.state is JobState.RUNNING:
+                request = V0JobRequest.model_validate_json(row.request_json)
+                link.keep_until_confirmed(L.Payload(job_uuid=row.job_uuid, request=request), row.last_executor_seq)
         if self.jobs:
             log.info("jobs restored count=%d", len(self.jobs))
         return len(self.jobs)
@@ -230,8 +247,23 @@ class JobService:
         if job is None:
             log.warning("event for an unknown job dropped executor=%s job=%s", executor_name, event.job_uuid)
             return
-        self.jobs_db.set_seq(event.job_uuid, event.seq)
         await self._run(event.job_uuid, job.machine.on_executor_message(event.message, time.time()))
+        # Only after the message is recorded for the validator: a crash in between makes the
+        # agent replay this event, and the restored machine drops what was already recorded.
+        self.jobs_db.set_seq(event.job_uuid, event.seq)
+
+    async def on_link_error(self, executor_name: str, job_uuid: str, details: str) -> None:
+        """The agent refused a frame about one of our jobs (no slot, unknown job): end it now
+        rather than let the validator wait out its budget."""
+        job = self.jobs.get(job_uuid)
+        if job is None or job.executor_name != executor_name:
+            return
+        log.error("executor refused a frame job=%s validator=%s executor=%s details=%r",
+                  job_uuid, job.validator, executor_name, details)
+        if job.machine.state is JobState.SUBMITTED:
+            await self._run(job_uuid, job.machine.on_spinup_failed())
+        else:
+            await self._run(job_uuid, job.machine.on_executor_lost(time.time(), f"Executor lost the job: {details}"))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -243,7 +275,7 @@ class JobService:
 
     async def tick(self, now: float, mono_now: float) -> None:
         for uuid, job in list(self.jobs.items()):
-            if self.fleet.down_for(job.executor_name, mono_now) > self.executor_lost_after_s:
+            if self.fleet.down_for(job.executor_name, mono_now) >= self.executor_lost_after_s:
                 details = f"Executor {job.executor_name} unreachable for over {self.executor_lost_after_s:g} s"
                 await self._run(uuid, job.machine.on_executor_lost(now, details))
             else:

@@ -167,3 +167,26 @@ async def test_restart_between_jobs_keeps_first_jobs_receipts(e2e_config, start_
     assert received[-1].message.docker_process_stdout == "two\n"
     jobs = {str(r.payload.job_uuid) for r in await _receipts(agent.port)}
     assert {str(first.job_uuid), str(second.job_uuid)} <= jobs
+
+
+async def test_executor_refusing_the_submit_fails_the_job_at_once(e2e_config, start_miner, executor_agent,
+                                                                  busybox_image, validator_key, tmp_path) -> None:
+    """Two miners wrongly sharing one single-slot executor: the second one's submit is refused
+    as busy by the agent, and its validator hears executor_spinup_failed at once, not after
+    waiting out the budget."""
+    first = await _ready_miner(start_miner, e2e_config)
+    second_config = e2e_config.model_copy(update={"miner": e2e_config.miner.model_copy(update={
+        "state_dir": tmp_path / "second", "admin_socket": tmp_path / "second.sock"})})
+    second = await _ready_miner(start_miner, second_config)
+    sim1, sim2 = sim_for(first, validator_key), sim_for(second, validator_key)
+    long_job, _ = _job(sim1, busybox_image, ["sleep", "5"])
+    async with await sim1.connect() as s1:
+        await s1.recv_until("V0ExecutorManifestRequest")
+        await s1.send(long_job)
+        await s1.recv_until("V0ExecutorReadyRequest")  # the agent's only slot is taken
+        t0 = time.monotonic()
+        initial, request = _job(sim2, busybox_image, ["true"])
+        received = await sim2.run_job(initial, request)
+    assert [r.type for r in received] == ["V0AcceptJobRequest", "V0HordeFailedRequest"]
+    assert received[-1].message.reason == "executor_spinup_failed"
+    assert time.monotonic() - t0 < 5

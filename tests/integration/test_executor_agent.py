@@ -345,3 +345,43 @@ async def test_bad_volume_is_download_failed(link_client: LinkClient, busybox_im
     assert (failed.message_type, failed.reason, failed.stage) == ("V0JobFailedRequest", "download_failed",
                                                                  "volume_download")
     assert failed.message.startswith("Download failed: ")
+
+
+async def test_sigterm_stops_the_agent_promptly_and_leaves_the_job_running(agent_config: Any, busybox_image: str,
+                                                                          tmp_path: Any) -> None:
+    """systemd stops the agent with SIGTERM and kills it after TimeoutStopSec: a blocking
+    podman wait must not hold the process, and the job's container must live on."""
+    import asyncio
+    import signal
+    import sys
+    import time
+
+    from tests.fixtures.podman import containers_with_label
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'socket_path = "{agent_config.socket_path}"\njobs_dir = "{agent_config.jobs_dir}"\n'
+                      f'podman_url = "{agent_config.podman_url}"\nimage_policy = "local_only"\n')
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "executor_agent", "serve", "--config", str(config),
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if agent_config.socket_path.exists():
+                break
+            await asyncio.sleep(0.05)
+        client = await LinkClient.connect(agent_config.socket_path)
+        await client.recv()  # hello
+        job_uuid = str(uuid.uuid4())
+        await client.send(Submit(job_uuid=job_uuid, initial=initial(job_uuid, busybox_image)))
+        assert (await client.recv()).message.message_type == "V0ExecutorReadyRequest"
+        await client.send(Payload(job_uuid=job_uuid, request=job_request(job_uuid, busybox_image, ["sleep", "15"])))
+        assert (await client.recv()).message.message_type == "V0VolumesReadyRequest"
+        await asyncio.sleep(0.5)  # the container runs and the agent is blocked waiting for it
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert time.monotonic() - t0 < 3
+        assert containers_with_label(job_uuid), "the job's container must survive the agent"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -68,9 +68,6 @@ def lab_miner(in_ctl, executor_hosts, ssh_client_key, miner_config, start_miner)
     return start
 
 
-@pytest.mark.xfail(strict=True, reason="Fleet.reserve picks the longest-idle executor but a reservation does not "
-                   "make it less idle: with 2 slots per host both jobs land on ex1. Fix: order by "
-                   "(len(jobs[n]) / slots(n), idle_since[n]) in miner_agent/fleet/pool.py; then drop this mark")
 @pytest.mark.parametrize("agent_slots", [2])
 async def test_two_concurrent_jobs_go_to_different_hosts_over_ssh(lab_miner, executor_hosts, busybox_image,
                                                                    validator_key) -> None:

@@ -54,6 +54,9 @@ async def test_bad_config_is_one_line_exit_2(tmp_path) -> None:
     bad.write_text("[[executors]]\nname = 'a'\nmode = 'ssh'\nhost = 'h'\n")
     code, _, err = await run_cli("run", "--config", str(bad))
     assert code == 2 and "executors.0" in err
+    bad.write_text("[[executors]]\nname = 'a'\nmode = 'ssh'\nhost = 'h'\nkey_path = '/k'\nhost_key = 'AAAA'\n")
+    code, _, err = await run_cli("run", "--config", str(bad))
+    assert code == 2 and "executors.0.ssh.host_key" in err and "public key line" in err
 
 
 async def test_missing_wallet_is_one_clear_line(miner_config, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncssh
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_stock_yaml_and_env_become_a_config_that_only_lacks_the_pinned_host_key(
     assert remote["key_path"] == "/home/op/vendor/id_ed25519"
     assert "host_key" not in remote and "ssh-keyscan -t ed25519 10.0.0.5" in result.toml
     assert "hf_secret" not in result.toml
-    remote["host_key"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake"
+    remote["host_key"] = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     MinerConfig.model_validate(raw)  # once pinned, it loads
 
 
