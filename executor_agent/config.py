@@ -20,18 +20,15 @@ Example::
 
 from __future__ import annotations
 
-import tomllib
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from executor_agent.tomlfile import ConfigError, load_model
 
 DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; str() is one line naming the file and the key."""
 
 
 class ImagePolicy(str, Enum):
@@ -161,19 +158,4 @@ def load_config(path: Path | str | None) -> AgentConfig:
         if not DEFAULT_CONFIG_PATH.exists():
             return AgentConfig()
         path = DEFAULT_CONFIG_PATH
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass --config with an existing TOML file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "<top level>"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {key}: {first['msg']}{more}") from None
+    return load_model(Path(path), AgentConfig, "pass --config with an existing TOML file")

@@ -7,13 +7,13 @@ names the key and the file (`ConfigError`), never a traceback.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import asyncssh
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from executor_agent.tomlfile import ConfigError, load_model
 from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
 from miner_agent.chain.config import ChainSection
 
@@ -21,10 +21,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/miner-agent/miner-agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/miner-agent")
 DEFAULT_LISTEN_PORT = 8000  # the stock BITTENSOR_MINER_PORT
 DEFAULT_EXECUTOR_SOCKET = Path("/run/executor-agent/agent.sock")
-
-
-class ConfigError(Exception):
-    """A configuration problem, phrased as what to fix."""
 
 
 class _Section(BaseModel):
@@ -135,21 +131,6 @@ class MinerConfig(_Section):
         return self.miner.state_dir / "receipts"
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: {where}: {first['msg']}"
-
-
 def load_config(path: Path) -> MinerConfig:
     """Read and validate the TOML file; raises ConfigError with one actionable line."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; create it (see README, 'Configuration')") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return MinerConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+    return load_model(path, MinerConfig, "create it (see README, 'Configuration')")

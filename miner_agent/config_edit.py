@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from tomlkit.exceptions import ParseError
 from tomlkit.toml_document import TOMLDocument
 
+from executor_agent.tomlfile import describe
 from miner_agent.config import ConfigError, MinerConfig
 
 
@@ -77,9 +78,7 @@ def validate(doc: TOMLDocument, path: Path) -> MinerConfig:
     try:
         return MinerConfig.model_validate(doc.unwrap())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {first['msg']}; nothing was changed") from None
+        raise ConfigError(f"{describe(exc, path)}; nothing was changed") from None
 
 
 def write_document(doc: TOMLDocument, path: Path) -> None:

@@ -32,11 +32,11 @@ restarted agent finds the container) and the container name.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor_agent.plugins import PluginError, load_plugin
 from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
 
 
@@ -99,20 +99,7 @@ class JobRunner:
 
 def load_job_runner(path: str, options: dict[str, Any]) -> JobRunner:
     """Instantiate "package.module:ClassName" (or the stock dotted form "package.module.ClassName")."""
-    module_name, sep, class_name = path.partition(":")
-    if not sep:
-        module_name, _, class_name = path.rpartition(".")
-    if not module_name or not class_name:
-        raise JobRunnerError(f"job_runner {path!r}: expected \"package.module:ClassName\"")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise JobRunnerError(f"job_runner {path!r}: cannot import {module_name}: {exc}") from None
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, JobRunner):
-        raise JobRunnerError(f"job_runner {path!r}: {class_name} is not a subclass of "
-                             "executor_agent.runner.plugin.JobRunner")
-    try:
-        return cls(options)
-    except Exception as exc:  # noqa: BLE001 - any constructor error is a config problem
-        raise JobRunnerError(f"job_runner {path!r}: constructor failed: {type(exc).__name__}: {exc}") from None
+        return load_plugin("job_runner", path, JobRunner, options)
+    except PluginError as exc:
+        raise JobRunnerError(str(exc)) from None

@@ -27,11 +27,11 @@ Configured as:
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from executor_agent.plugins import PluginError, load_plugin
 from horde_protocol.enums import ExecutorClass
 from miner_agent.config import LocalExecutor, SshExecutor
 
@@ -84,17 +84,7 @@ class BaseExecutorManager(ABC):
 
 def load_manager(class_path: str, options: dict[str, Any]) -> BaseExecutorManager:
     """Import `module:Class` (or `module.Class`) and instantiate it with `options`."""
-    module_name, sep, attr = class_path.partition(":")
-    if not sep:
-        module_name, _, attr = class_path.rpartition(".")
-    if not module_name or not attr:
-        raise ManagerLoadError(f"executor_manager.class_path {class_path!r} must look like 'package.module:ClassName'")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ManagerLoadError(f"executor_manager.class_path {class_path!r} cannot be loaded: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, BaseExecutorManager)):
-        raise ManagerLoadError(
-            f"executor_manager.class_path {class_path!r} is not a subclass of miner_agent.fleet.manager.BaseExecutorManager"
-        )
-    return cls(options)
+        return load_plugin("executor_manager.class_path", class_path, BaseExecutorManager, options)
+    except PluginError as exc:
+        raise ManagerLoadError(str(exc)) from None
