@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_preload_parser(sub)
     _add_specs_parser(sub)
+    doctor = sub.add_parser("doctor", help="check that this host can run jobs (podman, disk, GPU/CDI, images)",
+                            description="Checks the podman API service, the job and socket directories, free "
+                            "disk, the GPU and its CDI spec, the preloaded job images and the job-runner plugin, "
+                            "one line each. Exit status 1 if any check failed.",
+                            epilog=f"example:\n  sudo -u executor-agent executor-agent doctor --config {DEFAULT_CONFIG_PATH}\n",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    doctor.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help=f"TOML config (default: {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
     return parser
 
 
@@ -130,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         return _preload(args)
     if args.command == "specs":
         return _specs(args)
+    if args.command == "doctor":
+        from executor_agent.doctor import run_doctor
+
+        try:
+            return run_doctor(load_config(args.config))
+        except ConfigError as exc:
+            print(f"executor-agent: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -1,17 +1,56 @@
-"""Logging for journald (both agents use it; the miner may import the executor's modules): one line per event, the priority as an sd-daemon `<N>` prefix.
+"""Logging for journald, for both agents: one line per event, priority as a `<N>` prefix.
 
 journald reads `<3>`..`<7>` at the start of a stderr line as the syslog priority, so
 `journalctl -p warning -u executor-agent` works without a journald library. Outside
 systemd (a terminal) the same prefix is replaced by a timestamp and level name.
+
+Secrets never reach the journal: whatever a message or a folded traceback contains,
+URL query strings (presigned S3/GCS URLs carry their signature there), userinfo in URLs,
+and bearer/token values are replaced before the line is written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from contextvars import ContextVar
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+_SECRETS = [
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s'\"#)]*", re.I), r"\1?<redacted>"),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s:@'\"]+(?::[^/\s@'\"]*)?@", re.I), r"\1<redacted>@"),
+    (re.compile(r"(\b(?:token|authorization|x-amz-signature|signature)[\"']?\s*[:=]\s*[\"']?)"
+                r"(?:(?:bearer|basic)\s+)?[^\s,'\"}]+", re.I), r"\1<redacted>"),
+    (re.compile(r"(\bbearer\s+)[^\s,'\"}]+", re.I), r"\1<redacted>"),
+]
+
+
+# "job=<uuid> validator=<hotkey>" while a job's task (and any thread it starts) is logging,
+# so every line about a job names both, whoever wrote the log call.
+job_fields: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("job_fields", default=())
+
+
+def set_job_fields(**fields: str) -> None:
+    """Attach key=value context to every log line of the current task from now on."""
+    job_fields.set(tuple(fields.items()))
+
+
+def _with_job_fields(text: str) -> str:
+    for key, value in job_fields.get():
+        if f"{key}=" not in text:
+            text += f" {key}={value}"
+    return text
+
+
+def redact(text: str) -> str:
+    """The text with URL queries, URL credentials and token values replaced."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JournalFormatter(logging.Formatter):
@@ -24,6 +63,7 @@ class JournalFormatter(logging.Formatter):
         if record.exc_info:
             # Keep one event per line: the traceback is folded into the same record.
             text += " exception=" + repr(self.formatException(record.exc_info))
+        text = redact(_with_job_fields(text))
         if self.journal:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {text}"
         return f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {text}"

@@ -34,6 +34,7 @@ from horde_protocol.messages import (
 )
 from horde_protocol.structs import MachineSpecs
 
+from executor_agent.logs import set_job_fields
 from executor_agent.config import AgentConfig, ImagePolicy
 from executor_agent.daemon.deadline import (
     DOWNLOAD,
@@ -197,6 +198,7 @@ class JobRun:
 
     async def run(self, resume: RunningState | None = None) -> None:
         """The whole job, or (after an agent restart) its rest from the running container."""
+        set_job_fields(job=self.job_uuid, validator=self.initial.job_started_receipt_payload.validator_hotkey)
         started = self._clock()
         try:
             terminal = await (self._resumed(resume) if resume is not None else self._lifecycle())

@@ -1,0 +1,66 @@
+"""`executor-agent doctor|specs|preload` as an operator runs them: real processes, exit codes, output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "executor_agent", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _config(tmp_path: Path, podman_url: str, extra: str = "") -> Path:
+    path = tmp_path / "executor-agent.toml"
+    path.write_text(f'socket_path = "{tmp_path}/agent.sock"\njobs_dir = "{tmp_path}/jobs"\n'
+                    f'podman_url = "{podman_url}"\n{extra}')
+    return path
+
+
+async def test_doctor_on_a_ready_host(tmp_path, podman_socket, busybox_image) -> None:
+    cfg = _config(tmp_path, podman_socket, f'[preload]\nimages = ["{busybox_image}"]\ndynamic_config_url = ""\n')
+    code, out, err = await _cli("doctor", "--config", str(cfg))
+    lines = {line[6:23].strip(): line[:4].strip() for line in out.splitlines()[:-1]}
+    assert lines == {"podman API": "ok", "directories": "ok", "disk": lines["disk"], "GPU / CDI": "warn",
+                     "preloaded images": "ok", "job runner": "ok"}, out
+    assert "all 1 preload images are present" in out
+    if lines["disk"] == "FAIL":  # a nearly full test machine: the one honest failure
+        assert code == 1 and "jobs need at least" in out
+    else:
+        assert code == 0 and out.strip().endswith("doctor: all checks passed"), out + err
+
+
+async def test_doctor_reports_a_dead_podman_and_a_missing_image(tmp_path, podman_socket) -> None:
+    cfg = _config(tmp_path, f"unix://{tmp_path}/no-podman.sock", '[preload]\nimages = ["localhost/absent:1"]\n')
+    code, out, _ = await _cli("doctor", "--config", str(cfg))
+    assert code == 1
+    assert out.splitlines()[0].startswith("FAIL  podman API") and "systemctl enable --now podman.socket" in out
+    assert "doctor: 2 check(s) failed" in out  # podman, and the image list it cannot read
+
+
+async def test_specs_prints_the_validator_payload(tmp_path, podman_socket) -> None:
+    code, out, _ = await _cli("specs", "--config", str(_config(tmp_path, podman_socket)))
+    assert code == 0
+    specs = json.loads(out)
+    assert specs["cpu"]["count"] >= 1 and specs["ram"]["total"] > 0 and specs["hard_disk"]["total"] > 0
+    assert "os" in specs and ("gpu" in specs or "gpu_scrape_error" in specs)
+
+
+async def test_preload_reports_a_failed_pull_and_exits_1(tmp_path, podman_socket) -> None:
+    cfg = _config(tmp_path, podman_socket, '[preload]\nimages = ["127.0.0.1:9/nothing/here:1"]\ndynamic_config_url = ""\n')
+    code, out, err = await _cli("preload", "--config", str(cfg))
+    assert code == 1
+    assert "preload pull failed image=127.0.0.1:9/nothing/here:1" in err
+
+
+async def test_bad_config_is_one_line(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("slots = 'many'\n")
+    for command in ("doctor", "specs", "preload", "serve"):
+        code, _, err = await _cli(command, "--config", str(bad))
+        assert code == 2 and "slots" in err and "Traceback" not in err, (command, err)
