@@ -24,6 +24,7 @@ from miner_agent.fleet.pool import MANIFEST_HOLD_S, Fleet
 from miner_agent.jobs.service import JobService
 from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer, load_hotkey
+from miner_agent.receipts.maintenance import ReceiptMaintenance
 from miner_agent.receipts.store import ReceiptStore
 from miner_agent.metrics import MinerMetrics
 from miner_agent.server.admin import start_admin
@@ -44,6 +45,7 @@ class MinerAgent:
         self._runner: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._metrics: web.AppRunner | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self.metrics_port: int = 0
         self.port: int = 0
 
@@ -75,6 +77,8 @@ class MinerAgent:
         service.restore()
         fleet.start()
         service.start()
+        maintenance = ReceiptMaintenance(conn, cfg.receipts_dir)
+        self._maintenance = asyncio.create_task(maintenance.run_forever(), name="receipts-maintenance")
         chain = build_chain_duties(
             cfg.chain, keypair=signer.keypair, allow=cfg.validators.allow, manifest=fleet.manifest,
             listen_port=lambda: self.port, state_dir=cfg.miner.state_dir,
@@ -105,6 +109,9 @@ class MinerAgent:
         for runner in (self._admin, self._metrics):
             if runner is not None:
                 await runner.cleanup()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         if self.ctx is not None:
             running = len(self.ctx.service.jobs)
             await self.ctx.chain.stop()

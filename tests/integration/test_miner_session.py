@@ -248,3 +248,22 @@ async def test_validators_from_the_chain_backend_may_connect(miner_config, start
         await asyncio.sleep(0.02)
     async with await sim_for(agent, chain_validator).connect() as session:
         assert (await session.recv(5)).type == "V0ExecutorManifestRequest"
+
+
+async def test_archived_pages_are_served_gzipped_and_ranges_stay_plain(miner_config, start_miner, validator_key) -> None:
+    import time
+
+    from miner_agent.receipts.maintenance import ReceiptMaintenance
+
+    agent = await start_miner(miner_config)
+    await _offer(sim_for(agent, validator_key))
+    plain, _ = await _page_lines(agent.port)
+    ReceiptMaintenance(agent.ctx.receipts.conn, agent.ctx.receipts.pages_dir).archive(time.time() + 3 * 300)
+    url = f"http://127.0.0.1:{agent.port}/receipts/{int(time.time() // 300)}.jsonl"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.status == 200 and resp.headers.get("Content-Encoding") == "gzip"
+            assert await resp.text() == plain  # the client inflates it, as validators' do
+        async with http.get(url, headers={"Range": "bytes=5-", "Accept-Encoding": ""}) as resp:
+            assert resp.status == 206 and "Content-Encoding" not in resp.headers
+            assert await resp.read() == plain.encode()[5:]
