@@ -190,3 +190,48 @@ async def test_executor_refusing_the_submit_fails_the_job_at_once(e2e_config, st
     assert [r.type for r in received] == ["V0AcceptJobRequest", "V0HordeFailedRequest"]
     assert received[-1].message.reason == "executor_spinup_failed"
     assert time.monotonic() - t0 < 5
+
+
+async def test_demo_job_command_runs_a_job_and_prints_the_messages(e2e_config, start_miner, executor_agent,
+                                                                   busybox_image, tmp_path) -> None:
+    from miner_agent.keys import create_wallet
+    from tests.fixtures.miner import run_cli, write_config
+
+    validator = create_wallet(tmp_path / "vwallets", "validator", "default")
+    config = e2e_config.model_copy(update={"validators": e2e_config.validators.model_copy(
+        update={"allow": [validator.hotkey]})})
+    agent = await _ready_miner(start_miner, config)
+    bound = config.model_copy(update={"miner": config.miner.model_copy(update={"listen_port": agent.port})})
+    cfg = write_config(tmp_path / "miner.toml", bound)
+    code, out, err = await run_cli("demo-job", "--config", str(cfg), "--validator-wallet-path",
+                                   str(tmp_path / "vwallets"), "--image", busybox_image)
+    assert code == 0, out + err
+    for message in PROGRESS + ["V0JobFinishedRequest"]:
+        assert message in out
+    assert "hello from the volume" in out and out.rstrip().endswith("job finished: OK")
+
+
+async def test_status_json_and_executors_list_show_a_running_job(e2e_config, start_miner, executor_agent,
+                                                                  busybox_image, validator_key, tmp_path) -> None:
+    import json
+
+    from tests.fixtures.miner import run_cli, write_config
+
+    agent = await _ready_miner(start_miner, e2e_config)
+    cfg = write_config(tmp_path / "miner.toml", e2e_config)
+    sim = sim_for(agent, validator_key)
+    initial, _ = _job(sim, busybox_image, ["sleep", "5"])
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(initial)
+        await session.recv_until("V0ExecutorReadyRequest")
+        code, out, _ = await run_cli("status", "--json", "--config", str(cfg))
+        status = json.loads(out)
+        code_list, listing, _ = await run_cli("executors", "list", "--config", str(cfg))
+    assert code == 0 and status["manifest"] == {CLASS: 1} and status["port"] == agent.port
+    assert [j["job_uuid"] for j in status["jobs"]] == [str(initial.job_uuid)]
+    assert status["jobs"][0]["state"] == "waiting_for_payload" and status["chain"]["backend"] == "static"
+    assert status["executors"][0]["running_jobs"] == [str(initial.job_uuid)]
+    assert code_list == 0 and listing.splitlines()[0].split() == ["EXECUTOR", "CLASS", "MODE", "LINK", "JOBS", "LAST",
+                                                                "ERROR"]
+    assert listing.splitlines()[1].split()[:5] == ["local", CLASS, "local", "up", "1/1"]
