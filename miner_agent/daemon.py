@@ -77,7 +77,7 @@ class MinerAgent:
         service.restore()
         fleet.start()
         service.start()
-        maintenance = ReceiptMaintenance(conn, cfg.receipts_dir)
+        maintenance = ReceiptMaintenance(conn, cfg.receipts_dir, receipts)
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="receipts-maintenance")
         chain = build_chain_duties(
             cfg.chain, keypair=signer.keypair, allow=cfg.validators.allow, manifest=fleet.manifest,

@@ -41,6 +41,10 @@ class JobStore:
             (job_uuid, validator, executor_class, executor_name, JobState.SUBMITTED.value, initial_json, now, now),
         )
 
+    def delete(self, job_uuid: str) -> None:
+        self.conn.execute("DELETE FROM job_messages WHERE job_uuid=?", (job_uuid,))
+        self.conn.execute("DELETE FROM jobs WHERE job_uuid=?", (job_uuid,))
+
     def exists(self, job_uuid: str) -> bool:
         return self.conn.execute("SELECT 1 FROM jobs WHERE job_uuid=?", (job_uuid,)).fetchone() is not None
 

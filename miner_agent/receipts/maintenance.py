@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miner_agent.jobs.machine import JobState
-from miner_agent.receipts.store import PAGE_TIME_S, page_of
+from miner_agent.receipts.store import PAGE_TIME_S, ReceiptStore, page_of
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ MAINTENANCE_PERIOD_S = 60.0  # stock archive task period
 class ReceiptMaintenance:
     conn: sqlite3.Connection
     pages_dir: Path
+    store: ReceiptStore | None = None  # when given, pages that lost lines are rebuilt every run
 
     def archive(self, now: float) -> int:
         """gzip every finished page that has no archive yet; returns how many were written."""
@@ -74,6 +75,8 @@ class ReceiptMaintenance:
 
     def run_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        if self.store is not None:
+            self.store.rebuild_pages()
         archived = self.archive(now)
         receipts, pages, jobs = self.evict(now)
         if archived or receipts or pages or jobs:

@@ -97,7 +97,12 @@ class ReceiptStore:
             ),
         )
         if cur.rowcount:
-            self._append_line(page, receipt.model_dump_json())
+            try:
+                self._append_line(page, receipt.model_dump_json())
+            except OSError as exc:
+                # The row is committed; the page is re-derived from it once the disk allows.
+                log.error("receipt page write failed page=%d job=%s error=%r; it is rebuilt from the database "
+                          "when space returns", page, p.job_uuid, exc.strerror or str(exc))
             log.info(
                 "receipt stored type=%s job=%s validator=%s page=%d",
                 _enum_text(p.receipt_type), p.job_uuid, p.validator_hotkey, page,

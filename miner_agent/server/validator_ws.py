@@ -9,6 +9,7 @@ frame we send on an authenticated session is always the manifest.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -145,6 +146,22 @@ class _Handler:
         service = self.ctx.service
         if isinstance(message, (V0InitialJobRequest, V0JobRequest)) and not await self._signature_ok(message, raw):
             return
+        try:
+            await self._handle(message)
+        except (sqlite3.Error, OSError) as exc:
+            # Storage trouble (a full disk, a read-only state dir): say so at once and keep the
+            # socket; an offer is declined rather than left to time out.
+            log.error("frame not handled validator=%s type=%s error=%r", self.hotkey, type(message).__name__, str(exc))
+            if isinstance(message, V0InitialJobRequest):
+                await service.decline(self.session, str(message.job_uuid), "unknown",
+                                      f"miner storage failure, job not taken: {exc}",
+                                      cls=str(message.executor_class.value))
+            else:
+                await self._error(f"miner storage failure handling {type(message).__name__}: {exc}")
+
+    async def _handle(self, message: object) -> None:
+        assert self.session is not None
+        service = self.ctx.service
         if isinstance(message, V0InitialJobRequest):
             if self.ctx.validators.is_blacklisted(self.hotkey):
                 log.info("job declined job=%s validator=%s reason=validator_blacklisted", message.job_uuid, self.hotkey)

@@ -267,3 +267,43 @@ async def test_archived_pages_are_served_gzipped_and_ranges_stay_plain(miner_con
         async with http.get(url, headers={"Range": "bytes=5-", "Accept-Encoding": ""}) as resp:
             assert resp.status == 206 and "Content-Encoding" not in resp.headers
             assert await resp.read() == plain.encode()[5:]
+
+
+@pytest.fixture
+def tiny_state_dir(tmp_path):
+    """A 2 MiB tmpfs for the miner's state, so the test can fill the disk for real."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_full_disk_declines_clearly_keeps_the_socket_and_loses_no_receipt(
+        miner_config, start_miner, validator_key, tiny_state_dir) -> None:
+    config = miner_config.model_copy(update={"miner": miner_config.miner.model_copy(
+        update={"state_dir": tiny_state_dir / "state"})})
+    agent = await start_miner(config)
+    sim = sim_for(agent, validator_key)
+    filler = tiny_state_dir / "filler"
+    with open(filler, "wb") as fh:  # take every free byte
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+        except OSError:
+            pass
+    async with await sim.connect() as session:
+        await session.recv_until("V0ExecutorManifestRequest")
+        await session.send(sim.initial_request("always_on.test", "img"))
+        reply = await session.recv(7)
+        assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "unknown")
+        assert reply.message.message.startswith("miner storage failure, job not taken")
+        filler.unlink()  # space is back: the same socket works and the next offer's receipt is kept
+        second = sim.initial_request("always_on.test", "img")
+        await session.send(second)
+        reply = await session.recv(7)
+    assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "busy")  # no executor here: honest busy
+    _, lines = await _page_lines(agent.port)
+    assert str(second.job_uuid) in [str(r.payload.job_uuid) for r in lines]
