@@ -16,10 +16,16 @@ Example::
     [container]
     memory_limit_mib = 0        # 0 = no limit
     pids_limit = 16384
+
+    [streaming]
+    port_range = [6000, 6999]   # inclusive; one TLS port per streaming job
+    bind_host = "0.0.0.0"
+    health_timeout_s = 25.0
 """
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -82,6 +88,39 @@ class ImageGcSettings(BaseModel):
         return self
 
 
+class StreamingSettings(BaseModel):
+    """Streaming jobs (behaviour.md §2.6): the agent serves mutual TLS on one port of
+    `port_range` per job and forwards to the job's port 8000 on its internal network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port_range: tuple[int, int] = Field(
+        (6000, 6999), description="inclusive TCP port range for the per-job TLS listener (stock dispenser range)"
+    )
+    bind_host: str = Field("0.0.0.0", description="address the TLS listener binds; users connect from outside")
+    health_timeout_s: float = Field(
+        25.0, gt=0,
+        description="how long the job's GET /health may take to answer 200 (stock WAIT_FOR_STREAMING_JOB_TIMEOUT)",
+    )
+    health_poll_interval_s: float = Field(0.5, gt=0, description="time between two /health probes")
+    subnet_pool: str = Field(
+        "10.223.0.0/16", description="private range carved into one /24 per streaming job's internal network"
+    )
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> StreamingSettings:
+        low, high = self.port_range
+        if not 1 <= low <= high <= 65535:
+            raise ValueError("port_range must be [low, high] with 1 <= low <= high <= 65535")
+        try:
+            pool = ipaddress.ip_network(self.subnet_pool)
+        except ValueError:
+            raise ValueError(f"subnet_pool {self.subnet_pool!r} is not a network like 10.223.0.0/16") from None
+        if pool.prefixlen > 24:
+            raise ValueError("subnet_pool must be a /24 or larger")
+        return self
+
+
 DEFAULT_DYNAMIC_CONFIG_URL = (
     "https://raw.githubusercontent.com/backend-developers-ltd/compute-horde-dynamic-config/master/miner-config-prod.json"
 )
@@ -136,6 +175,7 @@ class AgentConfig(BaseModel):
     container: ContainerLimits = Field(default_factory=ContainerLimits)
     preload: PreloadSettings = Field(default_factory=PreloadSettings)
     image_gc: ImageGcSettings = Field(default_factory=ImageGcSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     specs_refresh_s: float = Field(
         21600.0, gt=0, description="machine specs are collected at start and refreshed this often (6 h)"
     )

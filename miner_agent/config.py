@@ -7,6 +7,7 @@ names the key and the file (`ConfigError`), never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -61,6 +62,10 @@ class ValidatorsSection(_Section):
 class _ExecutorBase(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     executor_class: ExecutorClass = DEFAULT_EXECUTOR_CLASS
+    # Where streaming-job users reach this executor (streaming_details.executor_ip, the ip of
+    # V0StreamingJobReadyRequest). Unset: the ssh `host`, or for a local executor [chain]
+    # announce_ip when it is an IPv4, else 127.0.0.1 (see `streaming_address`).
+    public_address: str | None = None
 
 
 class LocalExecutor(_ExecutorBase):
@@ -93,6 +98,23 @@ class SshExecutor(_ExecutorBase):
 
 ExecutorEntry = Annotated[Union[LocalExecutor, SshExecutor], Field(discriminator="mode")]
 
+LOOPBACK_ADDRESS = "127.0.0.1"  # last resort: streaming works from this host only
+
+
+def streaming_address(entry: LocalExecutor | SshExecutor, announce_ip: str | None = None) -> str:
+    """The address streaming users connect to for this executor (protocol.md §5.5 step 2,
+    kept simple: no public-IP discovery, no X-Real-IP)."""
+    if entry.public_address:
+        return entry.public_address
+    if isinstance(entry, SshExecutor):
+        return entry.host
+    if announce_ip:
+        try:
+            return str(ipaddress.IPv4Address(announce_ip))
+        except ValueError:
+            pass
+    return LOOPBACK_ADDRESS
+
 
 class ExecutorManagerSection(_Section):
     # Dotted path of a miner_agent.fleet.manager.BaseExecutorManager subclass that starts
@@ -116,6 +138,14 @@ class MinerConfig(_Section):
             if entry.name in seen:
                 raise ValueError(f"executor name {entry.name!r} is used twice; names must be unique")
             seen.add(entry.name)
+        return self
+
+    @model_validator(mode="after")
+    def _fill_public_addresses(self) -> MinerConfig:
+        """Resolve each executor's streaming address once, here, where [chain] is known."""
+        for entry in self.executors:
+            if not entry.public_address:
+                entry.public_address = streaming_address(entry, self.chain.announce_ip)
         return self
 
     @property

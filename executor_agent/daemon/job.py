@@ -30,6 +30,7 @@ from horde_protocol.messages import (
     V0JobFinishedRequest,
     V0JobRequest,
     V0MachineSpecsRequest,
+    V0StreamingJobReadyRequest,
     V0VolumesReadyRequest,
 )
 from horde_protocol.structs import MachineSpecs
@@ -46,9 +47,11 @@ from executor_agent.daemon.deadline import (
     StageBudgets,
 )
 from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
+from executor_agent.daemon.streaming import HealthCheckFailed, StreamingSession
 from executor_agent.runner import outputs
 from executor_agent.runner.plugin import JobContext, JobRunner
 from executor_agent.runner.podman import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
+from executor_agent.runner.streaming import HEALTH_FAILED_MESSAGE, StreamingError
 from executor_agent.runner.uploads import UploadError, UploadLimits, upload_outputs
 from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
 from executor_agent.specs import SpecsCache
@@ -56,6 +59,7 @@ from executor_agent.specs import SpecsCache
 log = logging.getLogger(__name__)
 
 STARTUP = "executor_startup"
+STREAMING_STARTUP = "streaming_startup"  # reported while the streaming job's /health is awaited
 CONTAINER_TIMEOUT_MESSAGE = "Job container timed out during execution"
 PULL_FAILED_MESSAGE = "Failed to pull docker image"
 MULTIPLE_VOLUMES_MESSAGE = "Received multiple volumes"
@@ -169,6 +173,9 @@ class JobRun:
         self.result_type: str | None = None
         self.disk_exceeded_bytes: int | None = None
         self._ensured_images: set[str] = set()
+        details = initial.streaming_details
+        self.streaming = (StreamingSession(self.job_uuid, details, config.streaming, podman, dirs.root)
+                          if details is not None else None)
 
     def start(self, resume: RunningState | None = None) -> asyncio.Task[None]:
         self.task = asyncio.create_task(self.run(resume), name=f"job-{self.job_uuid}")
@@ -213,6 +220,8 @@ class JobRun:
         except asyncio.CancelledError:
             if self.detaching or self.cancel_reason is None:
                 log.info("job left running on shutdown job=%s stage=%s", self.job_uuid, self.stage)
+                if self.streaming is not None:  # the listener dies with this agent; free its port now
+                    await self.streaming.close(remove_network=False)
                 raise
             await self._kill_container()
             text = f"Job cancelled by miner: {self.cancel_reason}" if self.cancel_reason else "Job cancelled by miner"
@@ -243,6 +252,8 @@ class JobRun:
             await self._ensure_image(await self._hook("image", lambda: self.runner.image(self.context(None))))
         await self._emit(V0ExecutorReadyRequest(job_uuid=self.job_uuid))
         deadline = Deadline(budgets, self._clock())
+        if self.streaming is not None:
+            await self.streaming.prepare()
 
         request = await self._stage(deadline, DOWNLOAD, self._download)
         result = await self._stage(deadline, EXECUTION, lambda: self._execute(request, deadline))
@@ -335,6 +346,7 @@ class JobRun:
             artifacts_target=request.artifacts_dir, script_path=script,
             memory_limit_mib=limits.memory_limit_mib, pids_limit=limits.pids_limit,
             shm_size_mib=limits.shm_size_mib,
+            network=self.streaming.network if self.streaming is not None else None,
         )
         try:
             kwargs = spec.create_kwargs()
@@ -348,6 +360,8 @@ class JobRun:
         if self._image_used is not None:
             self._image_used(str(kwargs.get("image") or image))
         try:
+            if self.streaming is not None:
+                await self.streaming.create_network()
             self.container_id = await self._start_container(kwargs)
         except CdiUnavailable as exc:
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR,
@@ -365,7 +379,31 @@ class JobRun:
             raise
         await asyncio.to_thread(save_running_state, self.dirs.root, self.initial, request, self.container_id,
                                 deadline, self._clock())
+        if self.streaming is not None:
+            await self._serve_streaming(self.container_id)
         return await self._await_container(deadline)
+
+    async def _serve_streaming(self, container_id: str) -> None:
+        """Proxy up and /health answered, then tell the miner where to connect."""
+        assert self.streaming is not None
+        self.stage = STREAMING_STARTUP
+        try:
+            port = await self.streaming.serve(container_id)
+        except HealthCheckFailed as exc:
+            await self._kill_container()
+            raise JobFailure(JobFailureReason.TIMEOUT, HEALTH_FAILED_MESSAGE, exit_status=exc.exit_code) from None
+        except StreamingError as exc:
+            await self._kill_container()
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, f"Streaming setup failed: {exc}",
+                               {"stage": self.stage}) from None
+        except BaseException:
+            if not self.detaching:
+                await self._kill_container()
+            raise
+        assert self.streaming.cert is not None
+        self.stage = EXECUTION
+        await self._emit(V0StreamingJobReadyRequest(job_uuid=self.job_uuid, public_key=self.streaming.cert.cert_pem,
+                                                    port=port))
 
     async def _await_container(self, deadline: Deadline) -> ContainerResult:
         assert self.container_id is not None
@@ -483,6 +521,8 @@ class JobRun:
             await self.runner.cleanup(self.context(request), self.container_id, self.result_type or "")
         except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
             log.warning("job runner cleanup failed job=%s runner=%s", self.job_uuid, self.runner.name, exc_info=True)
+        if self.streaming is not None:  # the proxy goes first; the network once its container is gone
+            await self.streaming.close(remove_network=False)
         if self.config.keep_job_dirs:
             return
         try:
@@ -490,6 +530,8 @@ class JobRun:
                 await self.podman.remove(container.container_id)
             if self.container_id is not None:
                 await self.podman.remove(self.container_id)
+            if self.streaming is not None:
+                await self.podman.remove_network(self.streaming.network)
             await asyncio.to_thread(self.dirs.remove_work)
             drop_running_state(self.dirs.root)
         except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock

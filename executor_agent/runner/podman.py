@@ -19,8 +19,10 @@ Podman 4.3 gotchas handled here (see test-environment.md §1):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,16 @@ CDI_ALL_GPUS = "nvidia.com/gpu=all"
 GPU_PRESET_DEVICES: dict[str, list[str]] = {"nvidia_all": [CDI_ALL_GPUS], "none": []}
 MIB = 1024 * 1024
 LOG_READ_CHUNK_BYTES = 256 * 1024  # one read from the log stream; frames are sliced out of it
+NETWORK_PREFIX_LEN = 24  # one /24 per streaming job network
+NETWORK_CREATE_ATTEMPTS = 64  # subnets tried before giving up (others are held by other networks)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -107,6 +119,7 @@ class JobContainerSpec:
     memory_limit_mib: int = 0
     pids_limit: int = 0
     shm_size_mib: int = 0
+    network: str | None = None  # an internal podman network (streaming jobs); None = no network at all
 
     def create_kwargs(self) -> dict[str, Any]:
         """podman-py `containers.create` keyword arguments (pure, unit-testable)."""
@@ -124,11 +137,14 @@ class JobContainerSpec:
             "image": normalize_image(self.image),
             "labels": {JOB_LABEL: self.job_uuid},
             "name": f"ch-{self.job_uuid}-job",
-            "network_mode": "none",
             "mounts": mounts,
             "environment": dict(self.env),
             "devices": list(GPU_PRESET_DEVICES[self.gpu_preset]),
         }
+        if self.network:
+            kwargs["networks"] = {self.network: {}}
+        else:
+            kwargs["network_mode"] = "none"
         if self.command:
             kwargs["command"] = list(self.command)
         if self.memory_limit_mib:
@@ -352,6 +368,44 @@ class Podman:
     async def graph_root(self) -> str:
         info = await self._call(self._client.info)
         return str((info.get("store") or {}).get("graphRoot") or "/var/lib/containers/storage")
+
+    async def create_internal_network(self, name: str, job_uuid: str, subnet_pool: str) -> str:
+        """A bridge network with no route out (`internal`, no DNS), labelled with the job
+        uuid; returns its subnet. The subnet and gateway are given explicitly: podman 4.3
+        gives an API-made internal network without DNS no gateway, so the host (our TLS
+        proxy) would have no address on the bridge and no route to the job. Candidates are
+        the pool's /24s from a point picked by the job uuid; one podman says is in use is
+        skipped."""
+        subnets = list(ipaddress.ip_network(subnet_pool).subnets(new_prefix=NETWORK_PREFIX_LEN))
+        start = int(uuid.UUID(job_uuid).int % len(subnets)) if _is_uuid(job_uuid) else 0
+        for i in range(min(len(subnets), NETWORK_CREATE_ATTEMPTS)):
+            subnet = subnets[(start + i) % len(subnets)]
+            try:
+                await self._call(self._client.networks.create, name, internal=True, dns_enabled=False,
+                                 labels={JOB_LABEL: job_uuid},
+                                 subnets=[{"subnet": str(subnet), "gateway": str(next(subnet.hosts()))}])
+                return str(subnet)
+            except RunnerError as exc:
+                if "already" not in str(exc) and "overlap" not in str(exc):
+                    raise
+        raise RunnerError(f"no free /{NETWORK_PREFIX_LEN} in subnet pool {subnet_pool}; widen [streaming] subnet_pool")
+
+    async def remove_network(self, name: str) -> None:
+        """Remove a network; one that is already gone is fine."""
+        try:
+            await self._call(self._client.networks.remove, name, force=True)
+        except NotFound:
+            pass
+
+    async def network_exists(self, name: str) -> bool:
+        return bool(await self._call(self._client.networks.exists, name))
+
+    async def container_ip(self, container_id: str, network: str) -> str | None:
+        """The container's address on one network, or None when it has none (yet)."""
+        container = await self._get(container_id)
+        nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        ip = (nets.get(network) or {}).get("IPAddress")
+        return str(ip) if ip else None
 
     async def job_label_of(self, container_id: str) -> str | None:
         container = await self._get(container_id)

@@ -7,8 +7,10 @@ links), the job and receipt stores, and the validators' websockets (`Outbox`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,8 +24,9 @@ from horde_protocol.messages import (
     V0DeclineJobRequest,
     V0InitialJobRequest,
     V0JobRequest,
+    V0StreamingJobReadyRequest,
 )
-from miner_agent.config import ExecutorEntry
+from miner_agent.config import LOOPBACK_ADDRESS, ExecutorEntry, streaming_address
 from miner_agent.fleet.link import LinkDown
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.machine import (
@@ -95,6 +98,7 @@ class Job:
     sink: ValidatorSink | None
     executor_class: str = ""
     stage_started: float = field(default_factory=time.monotonic)
+    streaming_ip: str | None = None  # streaming_details.executor_ip as sent to the executor
 
 
 @dataclass
@@ -123,7 +127,8 @@ class JobService:
             machine.progress = max(sent, default=0)
             # Stage times were not kept; the whole budget from the offer is the honest bound.
             machine.deadline = max(now, row.created_unix + budget.total())
-            self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None, row.executor_class)
+            self.jobs[row.job_uuid] = Job(machine, row.validator_hotkey, row.executor_name, None, row.executor_class,
+                                          streaming_ip=_executor_ip(initial))
             if row.executor_endpoint:
                 saved = json.loads(row.executor_endpoint)
                 endpoint = TypeAdapter(ExecutorEntry).validate_python(saved["endpoint"])
@@ -191,10 +196,19 @@ class JobService:
             self.metrics.accept_latency.observe(time.monotonic() - received, outcome="declined")
             return
         machine = JobMachine(uuid, Budget.from_initial(initial), time.time(), streaming=initial.streaming_details is not None)
-        self.jobs[uuid] = Job(machine, validator, name, sink, executor_class)
-        self.jobs_db.create(uuid, validator, executor_class, name, initial.model_dump_json())
+        initial = self._with_executor_ip(initial, name)
+        self.jobs[uuid] = Job(machine, validator, name, sink, executor_class, streaming_ip=_executor_ip(initial))
+        try:
+            self.jobs_db.create(uuid, validator, executor_class, name, initial.model_dump_json())
+            await self._to_validator(uuid, V0AcceptJobRequest(job_uuid=uuid))  # recorded, then sent
+        except (sqlite3.Error, OSError):
+            # Nothing was promised yet: forget the job, free the slot, let the caller decline.
+            self.jobs.pop(uuid, None)
+            self.fleet.release(name, uuid)
+            with contextlib.suppress(sqlite3.Error):
+                self.jobs_db.delete(uuid)
+            raise
         log.info("job accepted job=%s validator=%s class=%s executor=%s", uuid, validator, executor_class, name)
-        await self._to_validator(uuid, V0AcceptJobRequest(job_uuid=uuid))
         self.metrics.accept_latency.observe(time.monotonic() - received, outcome="accepted")
         self.metrics.jobs.inc(outcome="accepted", executor_class=executor_class)
         if self.fleet.is_managed(name):
@@ -215,6 +229,8 @@ class JobService:
             self.jobs_db.set_endpoint(uuid, json.dumps({
                 "endpoint": executor.endpoint.model_dump(mode="json"), "extra": executor.extra,
             }))
+            initial = self._with_executor_ip(initial, name)
+            job.streaming_ip = _executor_ip(initial)
             await self.fleet.submit(name, initial)
         except Exception as exc:  # the manager is operator code: any failure is a spin-up failure
             await self._spinup_failed(uuid, f"{type(exc).__name__}: {exc}")
@@ -247,10 +263,28 @@ class JobService:
         if job is None:
             log.warning("event for an unknown job dropped executor=%s job=%s", executor_name, event.job_uuid)
             return
-        await self._run(event.job_uuid, job.machine.on_executor_message(event.message, time.time()))
+        message = event.message
+        if isinstance(message, V0StreamingJobReadyRequest):
+            message = self._sign_streaming_ready(job, message)
+        await self._run(event.job_uuid, job.machine.on_executor_message(message, time.time()))
         # Only after the message is recorded for the validator: a crash in between makes the
         # agent replay this event, and the restored machine drops what was already recorded.
         self.jobs_db.set_seq(event.job_uuid, event.seq)
+
+    def _with_executor_ip(self, initial: V0InitialJobRequest, name: str) -> V0InitialJobRequest:
+        """Fill streaming_details.executor_ip (protocol.md §5.5 step 2): the executor puts it
+        in its certificate's SAN, and the same address goes into the ready message."""
+        details = initial.streaming_details
+        if details is None:
+            return initial
+        link = self.fleet.links.get(name)
+        address = streaming_address(link.entry) if link is not None else LOOPBACK_ADDRESS
+        return initial.model_copy(update={"streaming_details": details.model_copy(update={"executor_ip": address})})
+
+    def _sign_streaming_ready(self, job: Job, ready: V0StreamingJobReadyRequest) -> V0StreamingJobReadyRequest:
+        """Set `ip` and sign f"{job_uuid}:{ip}:{port}:{public_key}" with our hotkey (§4.5)."""
+        ready = ready.model_copy(update={"ip": job.streaming_ip or LOOPBACK_ADDRESS})
+        return ready.model_copy(update={"miner_signature": self.receipts.signer.sign(ready.signature_blob())})
 
     async def on_link_error(self, executor_name: str, job_uuid: str, details: str) -> None:
         """The agent refused a frame about one of our jobs (no slot, unknown job): end it now
@@ -334,3 +368,7 @@ class JobService:
         self.metrics.jobs.inc(outcome=f"declined_{reason}", executor_class=cls)
         decline = V0DeclineJobRequest(job_uuid=uuid, reason=reason, message=message, receipts=receipts or [])
         await sink.send_text(decline.model_dump_json())
+
+
+def _executor_ip(initial: V0InitialJobRequest) -> str | None:
+    return initial.streaming_details.executor_ip if initial.streaming_details is not None else None
