@@ -199,3 +199,6 @@ def load_config(path: Path | str | None) -> AgentConfig:
             return AgentConfig()
         path = DEFAULT_CONFIG_PATH
     return load_model(Path(path), AgentConfig, "pass --config with an existing TOML file")
+
+
+__all__ = ["AgentConfig", "ConfigError", "ImagePolicy", "load_config"]

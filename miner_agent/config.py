@@ -164,3 +164,6 @@ class MinerConfig(_Section):
 def load_config(path: Path) -> MinerConfig:
     """Read and validate the TOML file; raises ConfigError with one actionable line."""
     return load_model(path, MinerConfig, "create it (see README, 'Configuration')")
+
+
+__all__ = ["ConfigError", "ExecutorEntry", "LocalExecutor", "MinerConfig", "SshExecutor", "load_config"]

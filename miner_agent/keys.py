@@ -55,3 +55,6 @@ def create_wallet(wallets_path: Path, name: str, hotkey: str) -> Signer:
     if not (path / name / "hotkeys" / hotkey).exists():
         wallet.create_new_hotkey(use_password=False, overwrite=False, suppress=True)
     return Signer(wallet.get_hotkey())
+
+
+__all__ = ["Signer", "WalletError", "create_wallet", "load_hotkey", "verify"]

@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobParticipantType, JobStage
@@ -35,7 +32,6 @@ from horde_protocol.messages import (
 )
 from horde_protocol.structs import MachineSpecs
 
-from executor_agent.logs import set_job_fields
 from executor_agent.config import AgentConfig, ImagePolicy
 from executor_agent.daemon.deadline import (
     DOWNLOAD,
@@ -46,8 +42,11 @@ from executor_agent.daemon.deadline import (
     NoTiming,
     StageBudgets,
 )
+from executor_agent.daemon.failures import HordeFailure, JobFailure
+from executor_agent.daemon.jobdirs import JobDirs, chmod_tree, disk_use
 from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
 from executor_agent.daemon.streaming import HealthCheckFailed, StreamingSession
+from executor_agent.logs import set_job_fields
 from executor_agent.runner import outputs
 from executor_agent.runner.plugin import JobContext, JobRunner
 from executor_agent.runner.podman import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
@@ -64,7 +63,6 @@ CONTAINER_TIMEOUT_MESSAGE = "Job container timed out during execution"
 PULL_FAILED_MESSAGE = "Failed to pull docker image"
 MULTIPLE_VOLUMES_MESSAGE = "Received multiple volumes"
 START_SETTLE_TIMEOUT_S = 30.0  # a cancelled start may still finish; wait this long to learn its id
-SHARED_DIR_MODE = 0o777  # the job may run as any user; the stock executor chmods 777 too
 DISK_LIMIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it used {used_mib} MiB in /output, "
                       "artifacts, its own filesystem and its logs) and was killed")
 CDI_MESSAGE = ("GPU requested (docker_run_options_preset {preset}) but the CDI device {devices} is not configured "
@@ -72,67 +70,6 @@ CDI_MESSAGE = ("GPU requested (docker_run_options_preset {preset}) but the CDI d
 MIB = 1024 * 1024
 
 Emit = Callable[[Any], Awaitable[None]]
-
-
-class JobFailure(Exception):
-    """The job's own fault; becomes V0JobFailedRequest at the current stage."""
-
-    def __init__(self, reason: JobFailureReason, message: str, *, exit_status: int | None = None,
-                 stdout: str | None = None, stderr: str | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-        self.exit_status, self.stdout, self.stderr = exit_status, stdout, stderr
-
-
-class HordeFailure(Exception):
-    """Our (infrastructure) fault; becomes V0HordeFailedRequest reported_by executor."""
-
-    def __init__(self, reason: HordeFailureReason, message: str, context: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.context = reason, message, context
-
-
-@dataclass(frozen=True)
-class JobDirs:
-    """<jobs_dir>/<uuid>/{volume,output,artifacts,events.jsonl,script.py}."""
-
-    root: Path
-
-    @property
-    def volume(self) -> Path:
-        return self.root / "volume"
-
-    @property
-    def output(self) -> Path:
-        return self.root / "output"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def script(self) -> Path:
-        return self.root / "script.py"
-
-    @property
-    def stdout_log(self) -> Path:
-        return self.root / "stdout.log"  # the full stream; moved to output/stdout.txt for upload
-
-    @property
-    def stderr_log(self) -> Path:
-        return self.root / "stderr.log"
-
-    def create(self) -> None:
-        for d in (self.volume, self.output, self.artifacts):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, SHARED_DIR_MODE)
-
-    def remove_work(self) -> None:
-        """Delete everything but the event log, which a late attach still needs."""
-        for d in (self.volume, self.output, self.artifacts):
-            shutil.rmtree(d, ignore_errors=True)
-        for path in (self.script, self.stdout_log, self.stderr_log):
-            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -301,7 +238,7 @@ class JobRun:
                 await fetch_volume(volume, self.dirs.volume, VolumeLimits())
             except VolumeError as exc:
                 raise JobFailure(JobFailureReason.DOWNLOAD_FAILED, f"Download failed: {exc}") from exc
-            await asyncio.to_thread(_chmod_tree, self.dirs.volume)
+            await asyncio.to_thread(chmod_tree, self.dirs.volume)
         await self._ensure_image(await self._hook("image", lambda: self.runner.image(self.context(request))))
         await self._emit(V0VolumesReadyRequest(job_uuid=self.job_uuid))
         return request
@@ -452,7 +389,7 @@ class JobRun:
         while True:
             await asyncio.sleep(interval)
             try:
-                in_dirs = await asyncio.to_thread(_disk_use, (self.dirs.output, self.dirs.artifacts))
+                in_dirs = await asyncio.to_thread(disk_use, (self.dirs.output, self.dirs.artifacts))
                 used = in_dirs + await self.podman.disk_bytes(container_id)
             except Exception:  # noqa: BLE001 - a failed measurement is retried next round
                 log.debug("disk measurement failed job=%s", self.job_uuid, exc_info=True)
@@ -536,26 +473,3 @@ class JobRun:
             drop_running_state(self.dirs.root)
         except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
             log.warning("cleanup failed job=%s", self.job_uuid, exc_info=True)
-
-
-def _disk_use(roots: tuple[Path, ...]) -> int:
-    """Bytes allocated on disk under the roots (st_blocks: a sparse file counts what it takes)."""
-    total = 0
-    for root in roots:
-        for dirpath, _dirnames, filenames in os.walk(root):
-            for name in filenames:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-                except OSError:
-                    pass
-    return total
-
-
-def _chmod_tree(root: Path) -> None:
-    """Let a non-root job user read everything it was given (stock: chmod -R 777)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        os.chmod(dirpath, SHARED_DIR_MODE)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, SHARED_DIR_MODE)

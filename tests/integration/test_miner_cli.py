@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.fixtures.miner import run_cli, write_config
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from bittensor_wallet import Keypair
 
-from horde_protocol.messages import V0MainHotkeyMessage, parse_miner_to_validator
+from horde_protocol.messages import V0MainHotkeyMessage
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
 from tests.fixtures.miner import sim_for
