@@ -22,6 +22,7 @@ from executor_agent.config import AgentConfig
 from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
 from executor_agent.daemon.job import JobDirs, JobRun
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
+from executor_agent.daemon.streaming import network_name
 from executor_agent.link import Event, JobSummary, Payload, Submit
 from executor_agent.runner.podman import NotFound, Podman
 from horde_protocol.enums import HordeFailureReason, JobParticipantType
@@ -134,6 +135,7 @@ class JobRegistry:
                 drop_running_state(entry.dirs.root)
             self._schedule_forget(entry)
             log.warning("job ended by restart job=%s stage=%s", entry.job_uuid, stage)
+        await self._reap_networks()
 
     async def _reap_finished(self) -> None:
         """Remove labelled containers of jobs that already ended here (a stop during
@@ -148,6 +150,17 @@ class JobRegistry:
             if entry is not None and entry.events.finished:
                 log.info("reaping container job=%s container=%s", job_uuid, container.container_id[:12])
                 await self.podman.remove(container.container_id)
+
+    async def _reap_networks(self) -> None:
+        """Remove the streaming networks of jobs that ended here while the agent was down
+        (a crash or a stop between the container's end and the job's cleanup)."""
+        if self.config.keep_job_dirs:
+            return
+        for entry in self.jobs.values():
+            name = network_name(entry.job_uuid)
+            if entry.events.finished and await self.podman.network_exists(name):
+                log.info("reaping network job=%s network=%s", entry.job_uuid, name)
+                await self.podman.remove_network(name)
 
     def _start_run(self, entry: JobEntry, initial: Any, resume: RunningState | None = None) -> None:
         async def emit(message: Any) -> None:

@@ -198,3 +198,37 @@ async def test_streaming_ready_reaches_validator_signed(e2e_config: Any, start_m
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert received[-1].message.docker_process_stdout == "served\n"
+
+
+async def test_a_restarted_agent_removes_networks_of_jobs_that_ended(agent_config, busybox_image) -> None:
+    """A crash between a streaming job's end and its cleanup leaves its network; the next
+    start removes it (and never touches networks of jobs it does not know)."""
+    import subprocess
+    import uuid as uuidlib
+
+    from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
+    from executor_agent.daemon.server import ExecutorAgent
+    from executor_agent.daemon.streaming import network_name
+    from executor_agent.link import Event
+    from horde_protocol.messages import V0HordeFailedRequest
+    from tests.fixtures.podman import _podman_env
+
+    ended, stranger = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    job_dir = agent_config.jobs_dir / ended
+    job_dir.mkdir(parents=True)
+    EventLog(job_dir / EVENTS_FILE).append(Event(job_uuid=ended, seq=1, message=V0HordeFailedRequest(
+        job_uuid=ended, reported_by="executor", reason="generic_error", message="crashed")))
+    for job in (ended, stranger):
+        subprocess.run(["podman", "network", "create", "--internal", network_name(job)], env=_podman_env(),
+                       check=True, capture_output=True)
+    agent = ExecutorAgent(agent_config)
+    await agent.start()
+    try:
+        exists = lambda job: subprocess.run(["podman", "network", "exists", network_name(job)],  # noqa: E731
+                                            env=_podman_env()).returncode == 0
+        assert not exists(ended)
+        assert exists(stranger)
+    finally:
+        await agent.stop()
+        for job in (ended, stranger):
+            subprocess.run(["podman", "network", "rm", "-f", network_name(job)], env=_podman_env(), capture_output=True)
