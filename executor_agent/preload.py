@@ -33,10 +33,11 @@ import aiohttp
 from executor_agent.config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE
 from executor_agent.runner.podman import normalize_image
+from horde_protocol.dynamic_config import PRELOAD_IMAGES_KEY, DynamicConfigFormatError, current_value
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_PRELOAD_KEY = "DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES"
+DYNAMIC_PRELOAD_KEY = PRELOAD_IMAGES_KEY
 FETCH_TIMEOUT_S = 30.0  # the dynamic config is a few KB
 MAX_DYNAMIC_CONFIG_BYTES = 4 * 1024 * 1024
 USER_AGENT = "backend-developers-ltd"  # the header the stock miner sends to GitHub
@@ -79,17 +80,12 @@ def images_from_dynamic_config(doc: Any, now: datetime) -> list[str]:
     entry = doc.get(DYNAMIC_PRELOAD_KEY)
     if entry is None:
         return []
-    items = entry.get("items") if isinstance(entry, dict) else None
-    if not isinstance(items, list):
-        raise PreloadError(f"dynamic config: {DYNAMIC_PRELOAD_KEY}.items is not a list")
-    value: Any = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or "value" not in item:
-            raise PreloadError(f"dynamic config: {DYNAMIC_PRELOAD_KEY}.items[{index}] has no value")
-        start = item.get("effective_from")
-        if start is not None and _parse_time(start, index) > now:
-            continue
-        value = item["value"]
+    try:
+        found, value = current_value(DYNAMIC_PRELOAD_KEY, entry.get("items") if isinstance(entry, dict) else None, now)
+    except DynamicConfigFormatError as exc:
+        raise PreloadError(f"dynamic config: {exc}") from None
+    if not found:
+        value = []
     if isinstance(value, str):  # a JSON field may arrive encoded once more
         try:
             value = json.loads(value)
@@ -98,14 +94,6 @@ def images_from_dynamic_config(doc: Any, now: datetime) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise PreloadError(f"dynamic config: {DYNAMIC_PRELOAD_KEY} value is not a list of image names")
     return [v.strip() for v in value]
-
-
-def _parse_time(text: Any, index: int) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        raise PreloadError(f"dynamic config: items[{index}].effective_from {text!r} is not a date") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def fetch_dynamic_config(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> Any:

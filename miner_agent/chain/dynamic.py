@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from horde_protocol.dynamic_config import KEY_PREFIX, DynamicConfigFormatError, current_value
 from miner_agent.chain.config import DynamicConfigSource
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ STOCK_URL_TEMPLATES = (
     "https://raw.githubusercontent.com/backend-developers-ltd/compute-horde-dynamic-config/master/common-config-{env}.json",
 )
 STOCK_USER_AGENT = "backend-developers-ltd"  # the header the stock fetcher sends
-KEY_PREFIX = "DYNAMIC_"
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a dynamic config document is a few KiB; refuse anything absurd
 
 
@@ -71,13 +71,6 @@ class DynamicConfig(BaseModel):
         return cls(**typed, values={k: v for k, v in values.items() if k.startswith(KEY_PREFIX)})
 
 
-def _parse_when(text: object) -> datetime | None:
-    if text is None:
-        return None
-    when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
 def resolve_document(doc: object, now: datetime) -> dict[str, Any]:
     """The DYNAMIC_* values a document sets at `now`. Raises DynamicConfigError on a bad shape."""
     if not isinstance(doc, dict):
@@ -89,19 +82,12 @@ def resolve_document(doc: object, now: datetime) -> dict[str, Any]:
         if not (isinstance(entry, dict) and "items" in entry):
             out[key] = entry  # plain `KEY = value` (local files)
             continue
-        items = entry["items"]
-        if not isinstance(items, list):
-            raise DynamicConfigError(f"{key}: 'items' is not a list")
-        for item in items:
-            if not isinstance(item, dict) or "value" not in item:
-                raise DynamicConfigError(f"{key}: an item has no 'value'")
-            try:
-                effective = _parse_when(item.get("effective_from"))
-            except ValueError:
-                raise DynamicConfigError(f"{key}: effective_from {item.get('effective_from')!r} is not a datetime") from None
-            if effective is not None and effective > now:
-                continue
-            out[key] = item["value"]
+        try:
+            found, value = current_value(key, entry["items"], now)
+        except DynamicConfigFormatError as exc:
+            raise DynamicConfigError(str(exc)) from None
+        if found:
+            out[key] = value
     return out
 
 
