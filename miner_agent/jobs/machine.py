@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
+from horde_protocol.enums import EXECUTOR_CLASS_SPECS, MAX_EXECUTOR_TIMEOUT_S, ExecutorClass
 from horde_protocol.messages import (
     GenericError,
     V0ExecutionDoneRequest,
@@ -38,7 +38,7 @@ from horde_protocol.messages import (
 
 WATCHDOG_GRACE_S = 15.0  # executor deadlines fire first; this only catches a silent executor
 EXECUTOR_STARTUP_S = 5.0  # validator's DYNAMIC_EXECUTOR_STARTUP_TIME_LIMIT default
-MAX_JOB_S = 1200.0  # stock MAX_EXECUTOR_TIMEOUT: absolute cap on any job
+MAX_JOB_S = float(MAX_EXECUTOR_TIMEOUT_S)  # absolute cap on any job, as the stock pool enforces
 
 
 class JobState(str, enum.Enum):

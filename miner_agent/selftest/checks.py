@@ -12,10 +12,9 @@ from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
 from horde_protocol.messages import ExecutorTimingDetails
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
-from miner_agent.selftest.simulator import Received
+from miner_agent.jobs.machine import EXECUTOR_STARTUP_S
+from miner_agent.selftest.simulator import RESERVATION_TIME_LIMIT_S, Received
 
-EXECUTOR_STARTUP_S = 5  # validator's DYNAMIC_EXECUTOR_STARTUP_TIME_LIMIT default
-RESERVATION_S = 7  # validator's DYNAMIC_EXECUTOR_RESERVATION_TIME_LIMIT default
 MANDATORY = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest",
              "V0JobFinishedRequest"]
 
@@ -37,7 +36,7 @@ def progress_problems(
     for r in received:
         at.setdefault(r.type, r.at - sent_at)
     spin_up = EXECUTOR_CLASS_SPECS[ExecutorClass(executor_class)].spin_up_time_s
-    budgets = [("V0AcceptJobRequest", None, RESERVATION_S)]
+    budgets = [("V0AcceptJobRequest", None, RESERVATION_TIME_LIMIT_S)]
     ready = at.get("V0ExecutorReadyRequest")
     if "V0AcceptJobRequest" in at:
         budgets.append(("V0ExecutorReadyRequest", at["V0AcceptJobRequest"], spin_up + EXECUTOR_STARTUP_S))

@@ -23,6 +23,7 @@ from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest, V0MainH
 from horde_protocol.receipts import Receipt
 from miner_agent.admin_client import call
 from miner_agent.config import MinerConfig
+from miner_agent.receipts.store import PAGE_TIME_S
 from miner_agent.selftest.checks import progress_problems, receipt_problems
 from miner_agent.selftest.simulator import ValidatorSim
 
@@ -31,7 +32,6 @@ SELFTEST_TIMING = ExecutorTimingDetails(
     allowed_leeway=5, download_time_limit=30, execution_time_limit=60, upload_time_limit=30,
     streaming_start_time_limit=0,
 )
-PAGE_TIME_S = 300
 
 
 @dataclass
