@@ -32,7 +32,7 @@ MAINTENANCE_PERIOD_S = 60.0  # stock archive task period
 class ReceiptMaintenance:
     conn: sqlite3.Connection
     pages_dir: Path
-    store: ReceiptStore | None = None  # when given, pages that lost lines are rebuilt every run
+    store: ReceiptStore | None = None  # when given, pages whose append failed are rebuilt every run
 
     def archive(self, now: float) -> int:
         """gzip every finished page that has no archive yet; returns how many were written."""
@@ -76,7 +76,7 @@ class ReceiptMaintenance:
     def run_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         if self.store is not None:
-            self.store.rebuild_pages()
+            self.store.rebuild_pages(only_stale=True)
         archived = self.archive(now)
         receipts, pages, jobs = self.evict(now)
         if archived or receipts or pages or jobs:

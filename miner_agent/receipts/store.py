@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from horde_protocol.receipts import JobStartedReceiptPayload, Receipt, ReceiptPayload, receipt_blob
@@ -51,6 +51,8 @@ class ReceiptStore:
     conn: sqlite3.Connection
     pages_dir: Path
     signer: Signer
+    # Pages whose append failed after the row committed; repaired by the next rebuild_pages.
+    stale_pages: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.pages_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,7 @@ class ReceiptStore:
                 self._append_line(page, receipt.model_dump_json())
             except OSError as exc:
                 # The row is committed; the page is re-derived from it once the disk allows.
+                self.stale_pages.add(page)
                 log.error("receipt page write failed page=%d job=%s error=%r; it is rebuilt from the database "
                           "when space returns", page, p.job_uuid, exc.strerror or str(exc))
             log.info(
@@ -132,10 +135,20 @@ class ReceiptStore:
         ).fetchall()
         return [_row_to_receipt(r).model_dump_json() for r in rows]
 
-    def rebuild_pages(self) -> int:
-        """Rewrite every page file whose line count differs from SQLite; returns how many."""
+    def rebuild_pages(self, only_stale: bool = False) -> int:
+        """Rewrite page files whose line count differs from SQLite; returns how many.
+
+        At start every page is checked (a crash may have hit any append); afterwards only the
+        pages whose append is known to have failed, so the periodic repair reads no files."""
+        if only_stale and not self.stale_pages:
+            return 0
+        query = "SELECT page, COUNT(*) FROM receipts GROUP BY page"
+        rows = self.conn.execute(query).fetchall()
+        if only_stale:
+            rows = [(page, count) for page, count in rows if page in self.stale_pages]
+        self.stale_pages.clear()
         fixed = 0
-        for (page, count) in self.conn.execute("SELECT page, COUNT(*) FROM receipts GROUP BY page").fetchall():
+        for (page, count) in rows:
             path = self._page_path(page)
             have = path.read_bytes().count(b"\n") if path.exists() else 0
             if have != count:

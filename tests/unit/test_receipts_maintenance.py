@@ -67,3 +67,16 @@ def test_old_receipts_pages_and_finished_jobs_are_evicted(tmp_path: Path) -> Non
     assert jobs.get("old-finished") is None and jobs.get("old-running") is not None  # never a live job
     assert jobs.sent_types("old-finished") == [] and jobs.sent_types("old-running") == ["V0AcceptJobRequest"]
     assert PAGE_TIME_S == 300
+
+
+def test_a_failed_page_append_is_repaired_by_the_next_maintenance_run(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    page_path = store.pages_dir / f"{page_of(time.time())}.jsonl"
+    page_path.mkdir()  # the rename over it fails: a real OSError, like a full disk would give
+    _receipt(store, "00000000-0000-4000-8000-000000000003", datetime.now(UTC))
+    assert store.count() == 1 and store.stale_pages == {page_of(time.time())}
+    page_path.rmdir()
+    maintenance = ReceiptMaintenance(store.conn, store.pages_dir, store)
+    maintenance.run_once()
+    assert "00000000-0000-4000-8000-000000000003" in page_path.read_text()
+    assert store.stale_pages == set()
