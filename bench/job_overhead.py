@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from bittensor_wallet import Keypair  # noqa: E402
 
-from executor_agent.config import AgentConfig  # noqa: E402
 from executor_agent.daemon.server import ExecutorAgent  # noqa: E402
+from executor_agent.executor_config import AgentConfig  # noqa: E402
 from horde_protocol.messages import V0JobRequest, V0MainHotkeyMessage  # noqa: E402
-from miner_agent.config import LocalExecutor, MinerConfig, MinerSection, ValidatorsSection, WalletSection  # noqa: E402
 from miner_agent.daemon import MinerAgent  # noqa: E402
 from miner_agent.keys import create_wallet  # noqa: E402
+from miner_agent.miner_config import LocalExecutor, MinerConfig, MinerSection, ValidatorsSection, WalletSection  # noqa: E402
 from miner_agent.selftest.simulator import ValidatorSim  # noqa: E402
 
 IMAGE = "localhost/miner-agent-bench:latest"

@@ -11,9 +11,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from agent_common.logs import setup_logging
 from executor_agent import __version__
-from executor_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from executor_agent.logs import setup_logging
+from executor_agent.executor_config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 EXIT_USAGE = 2
 

@@ -11,9 +11,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from executor_agent.config import AgentConfig
+from executor_agent.container.podman_engine import normalize_image
+from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, read_preload_list
-from executor_agent.runner.podman import normalize_image
 
 CDI_SPEC_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))  # where podman 4 looks for CDI specs
 GPU_CDI_KIND = "nvidia.com/gpu"
@@ -98,7 +98,7 @@ def check_images(config: AgentConfig) -> Result:
 def check_job_runner(config: AgentConfig) -> Result:
     if not config.job_runner:
         return "ok", "built-in job runner"
-    from executor_agent.runner.plugin import load_job_runner
+    from executor_agent.plugins.job_runner import load_job_runner
 
     try:
         load_job_runner(config.job_runner, dict(config.job_runner_options))

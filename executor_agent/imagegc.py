@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor_agent.runner.podman import ImageInfo, Podman, RunnerError, normalize_image
+from executor_agent.container.podman_engine import ImageInfo, Podman, RunnerError, normalize_image
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-from miner_agent.cli import main
 import sys
+
+from miner_agent.commands.main import main
 
 sys.exit(main())

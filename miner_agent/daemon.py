@@ -12,25 +12,24 @@ import asyncio
 import logging
 import signal
 
-
 import sdnotify
 from aiohttp import web
 
 from miner_agent.chain.duties import build_chain_duties
-from miner_agent.config import MinerConfig
 from miner_agent.db import open_db
 from miner_agent.fleet.manager import load_manager
 from miner_agent.fleet.pool import MANIFEST_HOLD_S, Fleet
+from miner_agent.jobs.job_store import JobStore
 from miner_agent.jobs.service import JobService
-from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer, load_hotkey
-from miner_agent.receipts.maintenance import ReceiptMaintenance
-from miner_agent.receipts.store import ReceiptStore
 from miner_agent.metrics import MinerMetrics
+from miner_agent.miner_config import MinerConfig
+from miner_agent.receipts.maintenance import ReceiptMaintenance
+from miner_agent.receipts.receipt_store import ReceiptStore
 from miner_agent.server.admin import start_admin
-from miner_agent.server.metrics import attach_gauges, start_metrics
 from miner_agent.server.app import build_app
 from miner_agent.server.context import MinerContext
+from miner_agent.server.metrics_http import attach_gauges, start_metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bittensor_wallet import Keypair, Wallet
 
-from horde_protocol.signing import sign_blob, verify_blob as verify
+from horde_protocol.signing import sign_blob
+from horde_protocol.signing import verify_blob as verify
 
 
 class WalletError(Exception):

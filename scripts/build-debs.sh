@@ -42,7 +42,7 @@ log "venv with /usr/bin/python3 ($("$PY" --version 2>&1)), installing $REPO"
 tar -C "$REPO" --exclude=./.venv --exclude='./.venv-*' --exclude=./dist --exclude=./build --exclude=./.git \
     --exclude='*.egg-info' --exclude=__pycache__ --exclude=./.quickstart -cf - . | (mkdir "$WORK/src" && tar -C "$WORK/src" -xf -)
 "$WORK/venv/bin/pip" install -q --disable-pip-version-check --no-compile "$WORK/src" 2>&1 | grep -v 'is ignored' >&2 || true
-"$WORK/venv/bin/python" -c 'import miner_agent.cli, executor_agent.cli' \
+"$WORK/venv/bin/python" -c 'import miner_agent.commands.main, executor_agent.cli' \
   || { log "the venv does not import the agents; see pip's output above"; exit 1; }
 # pip and setuptools are build tools; nothing at run time uses them.
 "$WORK/venv/bin/python" -m pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from executor_agent.link import Event, decode_up, encode
+from horde_protocol.link_frames import Event, decode_up, encode
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,6 @@ class EventLog:
 
 
 def _is_terminal(event: Event) -> bool:
-    from executor_agent.link import is_terminal
+    from horde_protocol.link_frames import is_terminal
 
     return is_terminal(event)

@@ -17,6 +17,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent_common.logs import set_job_fields
+from executor_agent.container.podman_engine import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
+from executor_agent.container.tls_proxy import HEALTH_FAILED_MESSAGE, StreamingError
+from executor_agent.daemon.deadline import (
+    DOWNLOAD,
+    EXECUTION,
+    STAGE_TIMEOUT_MESSAGES,
+    UPLOAD,
+    Deadline,
+    NoTiming,
+    StageBudgets,
+)
+from executor_agent.daemon.failures import HordeFailure, JobFailure
+from executor_agent.daemon.jobdirs import JobDirs, chmod_tree, disk_use
+from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
+from executor_agent.daemon.streaming_job import HealthCheckFailed, StreamingSession
+from executor_agent.executor_config import AgentConfig, ImagePolicy
+from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.outputs import collect as outputs
+from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
+from executor_agent.plugins.job_runner import JobContext, JobRunner
+from executor_agent.specs import SpecsCache
 from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobParticipantType, JobStage
 from horde_protocol.messages import (
     V0ExecutionDoneRequest,
@@ -31,29 +53,6 @@ from horde_protocol.messages import (
     V0VolumesReadyRequest,
 )
 from horde_protocol.structs import MachineSpecs
-
-from executor_agent.config import AgentConfig, ImagePolicy
-from executor_agent.daemon.deadline import (
-    DOWNLOAD,
-    EXECUTION,
-    STAGE_TIMEOUT_MESSAGES,
-    UPLOAD,
-    Deadline,
-    NoTiming,
-    StageBudgets,
-)
-from executor_agent.daemon.failures import HordeFailure, JobFailure
-from executor_agent.daemon.jobdirs import JobDirs, chmod_tree, disk_use
-from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
-from executor_agent.daemon.streaming import HealthCheckFailed, StreamingSession
-from executor_agent.logs import set_job_fields
-from executor_agent.runner import outputs
-from executor_agent.runner.plugin import JobContext, JobRunner
-from executor_agent.runner.podman import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
-from executor_agent.runner.streaming import HEALTH_FAILED_MESSAGE, StreamingError
-from executor_agent.runner.uploads import UploadError, UploadLimits, upload_outputs
-from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
-from executor_agent.specs import SpecsCache
 
 log = logging.getLogger(__name__)
 

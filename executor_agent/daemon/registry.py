@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from executor_agent.config import AgentConfig
+from executor_agent.container.podman_engine import NotFound, Podman
 from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
 from executor_agent.daemon.job import JobDirs, JobRun
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
-from executor_agent.daemon.streaming import network_name
-from executor_agent.link import Event, JobSummary, Payload, Submit
-from executor_agent.runner.podman import NotFound, Podman
+from executor_agent.daemon.streaming_job import network_name
+from executor_agent.executor_config import AgentConfig
 from horde_protocol.enums import HordeFailureReason, JobParticipantType
+from horde_protocol.link_frames import Event, JobSummary, Payload, Submit
 from horde_protocol.messages import V0HordeFailedRequest
 
 log = logging.getLogger(__name__)

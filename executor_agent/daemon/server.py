@@ -19,10 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from executor_agent import __version__
-from executor_agent.config import AgentConfig
+from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.registry import JobRegistry, RegistryError
 from executor_agent.daemon.services import AgentServices, JobRunnerError
-from executor_agent.link import (
+from executor_agent.executor_config import AgentConfig
+from horde_protocol.link_frames import (
     MAX_FRAME_BYTES,
     Attach,
     Cancel,
@@ -35,7 +36,6 @@ from executor_agent.link import (
     decode_down,
     encode,
 )
-from executor_agent.runner.podman import Podman
 
 log = logging.getLogger(__name__)
 

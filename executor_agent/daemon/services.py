@@ -13,11 +13,11 @@ import contextlib
 import logging
 import time
 
-from executor_agent.config import AgentConfig
+from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.registry import JobRegistry
+from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, USAGE_FILE, ImageGc, ImageUsage, policy_from, read_preload_list
-from executor_agent.runner.plugin import JobRunner, JobRunnerError, load_job_runner
-from executor_agent.runner.podman import Podman
+from executor_agent.plugins.job_runner import JobRunner, JobRunnerError, load_job_runner
 from executor_agent.specs import SpecsCache, sources_from_config
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from miner_agent.chain.backend import (
     ChainWrite,
     StaticChain,
 )
-from miner_agent.chain.config import ChainSection, DynamicConfigSource
+from miner_agent.chain.chain_config import ChainSection, DynamicConfigSource
 from miner_agent.chain.duties import ChainDuties, DutyPeriods, build_chain_duties
 from miner_agent.chain.dynamic import DynamicConfig
 from miner_agent.chain.validators import ValidatorSet

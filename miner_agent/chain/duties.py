@@ -21,8 +21,8 @@ import aiohttp
 
 from miner_agent.chain.announce import discover_public_ipv4
 from miner_agent.chain.backend import BLOCK_TIME_S, ChainBackend, ChainError
+from miner_agent.chain.chain_config import ChainSection
 from miner_agent.chain.commitment import encode_manifest, merge_commitment
-from miner_agent.chain.config import ChainSection
 from miner_agent.chain.dynamic import DynamicConfig, load_values
 from miner_agent.chain.main_hotkey import check_rotation, choose_main_hotkey, cycle_number
 from miner_agent.chain.validators import ValidatorSet, load_cache, save_cache

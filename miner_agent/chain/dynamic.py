@@ -26,7 +26,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from horde_protocol.dynamic_config import KEY_PREFIX, DynamicConfigFormatError, current_value
-from miner_agent.chain.config import DynamicConfigSource
+from miner_agent.chain.chain_config import DynamicConfigSource
 
 log = logging.getLogger(__name__)
 

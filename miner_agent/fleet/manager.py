@@ -31,9 +31,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor_agent.plugins import PluginError, load_plugin
+from agent_common.plugin_loader import PluginError, load_plugin
 from horde_protocol.enums import ExecutorClass
-from miner_agent.config import LocalExecutor, SshExecutor
+from miner_agent.miner_config import LocalExecutor, SshExecutor
 
 
 class ExecutorUnavailable(Exception):

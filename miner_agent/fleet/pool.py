@@ -16,11 +16,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from executor_agent import link as L
+from horde_protocol import link_frames as L
 from horde_protocol.enums import ExecutorClass
-from miner_agent.config import ExecutorEntry, LocalExecutor, SshExecutor
-from miner_agent.fleet.link import EventHandler, ExecutorLink, JobErrorHandler, LinkState
+from miner_agent.fleet.connection import EventHandler, ExecutorLink, JobErrorHandler, LinkState
 from miner_agent.fleet.manager import BaseExecutorManager, ExecutorUnavailable, ManagedExecutor
+from miner_agent.miner_config import ExecutorEntry, LocalExecutor, SshExecutor
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from pydantic import TypeAdapter
 
-from executor_agent import link as L
+from horde_protocol import link_frames as L
 from horde_protocol.messages import (
     GenericError,
     V0AcceptJobRequest,
@@ -26,9 +26,9 @@ from horde_protocol.messages import (
     V0JobRequest,
     V0StreamingJobReadyRequest,
 )
-from miner_agent.config import LOOPBACK_ADDRESS, ExecutorEntry, streaming_address
-from miner_agent.fleet.link import LinkDown
+from miner_agent.fleet.connection import LinkDown
 from miner_agent.fleet.pool import Fleet
+from miner_agent.jobs.job_store import JobStore
 from miner_agent.jobs.machine import (
     PROGRESS_ORDER,
     Budget,
@@ -39,9 +39,9 @@ from miner_agent.jobs.machine import (
     ToExecutor,
     ToValidator,
 )
-from miner_agent.jobs.store import JobStore
 from miner_agent.metrics import MinerMetrics
-from miner_agent.receipts.store import ReceiptRejected, ReceiptStore
+from miner_agent.miner_config import LOOPBACK_ADDRESS, ExecutorEntry, streaming_address
+from miner_agent.receipts.receipt_store import ReceiptRejected, ReceiptStore
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miner_agent.jobs.machine import JobState
-from miner_agent.receipts.store import PAGE_TIME_S, ReceiptStore, page_of
+from miner_agent.receipts.receipt_store import PAGE_TIME_S, ReceiptStore, page_of
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import time
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS
 from horde_protocol.messages import V0JobRequest
-from miner_agent.config import MinerConfig
 from miner_agent.keys import load_hotkey
+from miner_agent.miner_config import MinerConfig
 from miner_agent.selftest.simulator import ValidatorSim, inline_zip
 
 

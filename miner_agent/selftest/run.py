@@ -22,8 +22,8 @@ from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
 from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest, V0MainHotkeyMessage
 from horde_protocol.receipts import Receipt
 from miner_agent.admin_client import call
-from miner_agent.config import MinerConfig
-from miner_agent.receipts.store import PAGE_TIME_S
+from miner_agent.miner_config import MinerConfig
+from miner_agent.receipts.receipt_store import PAGE_TIME_S
 from miner_agent.selftest.checks import progress_problems, receipt_problems
 from miner_agent.selftest.simulator import ValidatorSim
 

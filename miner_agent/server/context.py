@@ -9,12 +9,12 @@ from aiohttp import web
 
 from miner_agent.chain.duties import ChainDuties
 from miner_agent.chain.validators import ValidatorSet
-from miner_agent.config import MinerConfig
 from miner_agent.fleet.pool import Fleet
 from miner_agent.jobs.service import JobService
 from miner_agent.keys import Signer
 from miner_agent.metrics import MinerMetrics
-from miner_agent.receipts.store import ReceiptStore
+from miner_agent.miner_config import MinerConfig
+from miner_agent.receipts.receipt_store import ReceiptStore
 
 
 @dataclass

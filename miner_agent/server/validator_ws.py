@@ -31,7 +31,7 @@ from horde_protocol.messages import (
 )
 from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
-from miner_agent.receipts.store import ReceiptRejected
+from miner_agent.receipts.receipt_store import ReceiptRejected
 from miner_agent.server.context import CTX, MinerContext
 
 log = logging.getLogger(__name__)

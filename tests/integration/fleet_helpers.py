@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest
-from miner_agent.fleet.link import LinkState
+from miner_agent.fleet.connection import LinkState
 from miner_agent.selftest.simulator import SimSession, ValidatorSim
 from tests.fixtures.sshd import ClientKey, ExecutorHost
 

@@ -11,10 +11,9 @@ import pytest
 from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
-from miner_agent.config import LocalExecutor
+from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import inline_zip
 from tests.fixtures.miner import sim_for
-
 
 CLASS = "always_on.test"
 PROGRESS = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest"]

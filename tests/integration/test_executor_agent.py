@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from executor_agent.link import Attach, Cancel, Event, LinkError, Payload, Ping, Pong, Submit
+from horde_protocol.link_frames import Attach, Cancel, Event, LinkError, Payload, Ping, Pong, Submit
 from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
 from tests.fixtures.podman import LinkClient, containers_with_label
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 import tracemalloc
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from executor_agent.config import AgentConfig
 from executor_agent.daemon.server import ExecutorAgent
+from executor_agent.executor_config import AgentConfig
+from horde_protocol.link_frames import Payload, Submit
 from tests.fixtures.podman import LinkClient, containers_with_label, podman_cli
-from executor_agent.link import Payload, Submit
 from tests.integration.test_executor_agent import initial, job_request, run_job, types
 
 pytestmark = pytest.mark.podman

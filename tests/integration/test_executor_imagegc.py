@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from executor_agent.config import AgentConfig
+from executor_agent.container.podman_engine import Podman
+from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import DiskUsage, GcPolicy, ImageGc, ImageUsage
-from executor_agent.runner.podman import Podman
 from tests.fixtures.podman import CONTAINERS_CONF
 
 pytestmark = pytest.mark.podman

@@ -11,8 +11,8 @@ import pytest
 
 from horde_protocol.enums import ExecutorClass
 from horde_protocol.messages import V0JobRequest
-from miner_agent.config import ExecutorManagerSection
 from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor, ManagerLoadError, load_manager
+from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
 
 CLASS = "always_on.test"

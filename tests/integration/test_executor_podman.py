@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent.runner.podman import JobContainerSpec, Podman, normalize_image
+from executor_agent.container.podman_engine import JobContainerSpec, Podman, normalize_image
 from tests.fixtures.podman import containers_with_label
 
 pytestmark = pytest.mark.podman

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from executor_agent.config import AgentConfig
 from executor_agent.daemon.server import AgentStartError, ExecutorAgent
-from executor_agent.link import Payload, Submit
-from executor_agent.runner.plugin import JobContext, JobRunner
+from executor_agent.executor_config import AgentConfig
+from executor_agent.plugins.job_runner import JobContext, JobRunner
+from horde_protocol.link_frames import Payload, Submit
 from tests.integration.test_executor_agent import initial, job_request, run_job, types
 from tests.integration.test_executor_hostile import agent_with
 
 pytestmark = pytest.mark.podman
 
-EXAMPLE = "executor_agent.runner.example_runner:ExampleRunner"
+EXAMPLE = "executor_agent.plugins.example_runner:ExampleRunner"
 
 
 class SlowStart(JobRunner):

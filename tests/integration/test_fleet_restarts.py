@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from miner_agent.config import MinerConfig
-from miner_agent.fleet.link import LinkState
+from miner_agent.fleet.connection import LinkState
+from miner_agent.miner_config import MinerConfig
 from miner_agent.selftest.simulator import ValidatorSim
 from tests.fixtures.miner import sim_for
 from tests.fixtures.netns import NetnsLab

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from miner_agent.fleet import link as link_module
+from miner_agent.fleet import connection as link_module
 from miner_agent.fleet import pool as pool_module
-from miner_agent.fleet.link import LinkState
+from miner_agent.fleet.connection import LinkState
 from tests.fixtures.miner import sim_for
 from tests.integration.fleet_helpers import (
     CLASS,

@@ -106,7 +106,7 @@ async def test_config_set_keeps_comments_and_refuses_bad_values(tmp_path, miner_
 
 
 async def test_executors_add_and_remove_edit_the_file(tmp_path, miner_config) -> None:
-    from miner_agent.config import SshExecutor, load_config
+    from miner_agent.miner_config import SshExecutor, load_config
 
     path = _commented(tmp_path, miner_config)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"

@@ -17,7 +17,6 @@ from horde_protocol.signing import verify_blob
 from tests.fixtures.miner import sim_for
 
 
-
 async def _closed_with_error(session, expected: str) -> None:
     got = await session.recv(5)
     assert got.type == "GenericError"
@@ -224,7 +223,7 @@ async def test_accepted_and_finished_receipts_are_countersigned(miner_config, st
 
 
 async def test_blocklisted_validator_connects_but_its_jobs_are_declined(miner_config, start_miner, validator_key) -> None:
-    from miner_agent.chain.config import ChainSection
+    from miner_agent.chain.chain_config import ChainSection
 
     config = miner_config.model_copy(update={"chain": ChainSection(blocklist=[validator_key.ss58_address])})
     agent = await start_miner(config)
@@ -235,7 +234,7 @@ async def test_blocklisted_validator_connects_but_its_jobs_are_declined(miner_co
 
 async def test_validators_from_the_chain_backend_may_connect(miner_config, start_miner, tmp_path) -> None:
     """The static chain backend stands in for validator_permit neurons read from the chain."""
-    from miner_agent.chain.config import ChainSection
+    from miner_agent.chain.chain_config import ChainSection
 
     chain_validator = Keypair.create_from_uri("//ChainValidator")
     listing = tmp_path / "validators.toml"

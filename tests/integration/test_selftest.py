@@ -7,7 +7,7 @@ import re
 import pytest
 from bittensor_wallet import Keypair
 
-from miner_agent.config import LocalExecutor
+from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim
 from tests.fixtures.miner import run_cli, write_config
 

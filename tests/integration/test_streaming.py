@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from executor_agent.config import StreamingSettings
-from executor_agent.link import Event, Payload, Submit
-from executor_agent.runner.streaming import make_server_cert
+from executor_agent.container.tls_proxy import make_server_cert
+from executor_agent.executor_config import StreamingSettings
+from horde_protocol.link_frames import Event, Payload, Submit
 from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest
 from horde_protocol.signing import verify_blob
 from horde_protocol.structs import StreamingDetails
-from miner_agent.config import LocalExecutor
+from miner_agent.miner_config import LocalExecutor
 from tests.fixtures.miner import sim_for
 from tests.fixtures.podman import LinkClient, containers_with_label, podman_cli
 from tests.integration.test_executor_agent import initial, job_request, types
@@ -208,8 +208,8 @@ async def test_a_restarted_agent_removes_networks_of_jobs_that_ended(agent_confi
 
     from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
     from executor_agent.daemon.server import ExecutorAgent
-    from executor_agent.daemon.streaming import network_name
-    from executor_agent.link import Event
+    from executor_agent.daemon.streaming_job import network_name
+    from horde_protocol.link_frames import Event
     from horde_protocol.messages import V0HordeFailedRequest
     from tests.fixtures.podman import _podman_env
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from executor_agent.runner.uploads import UploadError, UploadLimits, upload_outputs
+from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
 from horde_protocol.uploads import (
     MultiUpload,
     SingleFilePostUpload,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
 from horde_protocol.volumes import HuggingfaceVolume
 from tests.fixtures.httpserver import (
     LocalHttpServer,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS
 from horde_protocol.messages import V0JobRequest
-from miner_agent.config import load_config
 from miner_agent.keys import load_hotkey
+from miner_agent.miner_config import load_config
 from miner_agent.selftest.simulator import ValidatorSim, inline_zip
 
 CONTAINER_APPEAR_TIMEOUT_S = 30.0

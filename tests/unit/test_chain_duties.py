@@ -10,10 +10,16 @@ import pytest
 from bittensor_wallet import Keypair
 
 from miner_agent.chain.backend import ChainUnavailable, StaticChain, read_validators_file
+from miner_agent.chain.chain_config import ChainSection, DynamicConfigSource
 from miner_agent.chain.commitment import CommitmentTooLong
-from miner_agent.chain.config import ChainSection, DynamicConfigSource
+from miner_agent.chain.duties import (
+    AXON_MIN_INTERVAL_S,
+    BLOCK_ESTIMATE_MAX_AGE_S,
+    ChainDuties,
+    DutyPeriods,
+    build_chain_duties,
+)
 from miner_agent.chain.dynamic import DynamicConfigError
-from miner_agent.chain.duties import AXON_MIN_INTERVAL_S, BLOCK_ESTIMATE_MAX_AGE_S, ChainDuties, DutyPeriods, build_chain_duties
 from miner_agent.chain.main_hotkey import epoch_start
 
 OWN = "5Own"

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from miner_agent.chain.announce import IpDiscoveryError, discover_public_ipv4, parse_ipv4_answer
-from miner_agent.chain.config import DynamicConfigSource
+from miner_agent.chain.chain_config import DynamicConfigSource
 from miner_agent.chain.dynamic import (
     DynamicConfig,
     DynamicConfigError,

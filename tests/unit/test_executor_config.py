@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent.config import AgentConfig, ConfigError, ImagePolicy, load_config
+from executor_agent.executor_config import AgentConfig, ConfigError, ImagePolicy, load_config
 
 
 def test_defaults() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from executor_agent.container.podman_engine import ImageInfo
 from executor_agent.imagegc import ID_KEY_PREFIX, DiskUsage, GcPolicy, ImageUsage, canonical_ref, plan_gc
-from executor_agent.runner.plugin import JobRunnerError, load_job_runner
-from executor_agent.runner.podman import ImageInfo
+from executor_agent.plugins.job_runner import JobRunnerError, load_job_runner
 
 GB = 1024**3
 POLICY = GcPolicy(min_age_s=3600, max_age_s=7 * 86400, disk_high_percent=85, disk_low_percent=70)
@@ -89,7 +89,7 @@ def test_usage_file_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path, text", [
     ("nodots", "expected"),
     ("no_such_module_xyz:Runner", "cannot import no_such_module_xyz"),
-    ("executor_agent.runner.plugin:JobContext", "is not a subclass"),
+    ("executor_agent.plugins.job_runner:JobContext", "is not a subclass"),
 ])
 def test_job_runner_load_errors(path: str, text: str) -> None:
     with pytest.raises(JobRunnerError) as info:
@@ -98,7 +98,7 @@ def test_job_runner_load_errors(path: str, text: str) -> None:
 
 
 def test_job_runner_loads_both_spellings() -> None:
-    for path in ("executor_agent.runner.example_runner:ExampleRunner",
-                 "executor_agent.runner.example_runner.ExampleRunner"):
+    for path in ("executor_agent.plugins.example_runner:ExampleRunner",
+                 "executor_agent.plugins.example_runner.ExampleRunner"):
         runner = load_job_runner(path, {"env": {"A": 1}})
-        assert runner.name == "executor_agent.runner.example_runner:ExampleRunner"
+        assert runner.name == "executor_agent.plugins.example_runner:ExampleRunner"

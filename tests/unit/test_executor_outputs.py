@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from executor_agent.runner.outputs import (
+from executor_agent.outputs.collect import (
     MAX_ARTIFACT_BYTES,
     MAX_RESULT_CHARS,
     collect_artifacts,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent import link as L
+from horde_protocol import link_frames as L
 from horde_protocol.messages import V0ExecutorReadyRequest, V0JobRequest, V0VolumesReadyRequest
-from miner_agent.config import LocalExecutor
-from miner_agent.fleet.link import ExecutorLink, LinkDown, LinkState
+from miner_agent.fleet.connection import ExecutorLink, LinkDown, LinkState
+from miner_agent.miner_config import LocalExecutor
 
 JOB = "8a3c2a4e-5f0e-4a57-9c55-0d1d5b0f6a11"
 

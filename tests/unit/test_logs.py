@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from executor_agent.logs import JournalFormatter, redact
+from agent_common.logs import JournalFormatter, redact
 
 
 def _format(msg: str, *args: object, level: int = logging.INFO, journal: bool = True, exc: bool = False) -> str:
@@ -44,7 +44,7 @@ def test_tracebacks_are_redacted_too() -> None:
 def test_lines_logged_inside_a_job_name_the_job_and_validator() -> None:
     import asyncio
 
-    from executor_agent.logs import set_job_fields
+    from agent_common.logs import set_job_fields
 
     async def job() -> tuple[str, str]:
         set_job_fields(job="u-1", validator="5Fvali")

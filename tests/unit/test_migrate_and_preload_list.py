@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncssh
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from executor_agent.preload import PreloadError, images_from_dynamic_config, plan
-from miner_agent.config import MinerConfig
 from miner_agent.migrate import MigrationError, convert, parse_docker_config, parse_env
+from miner_agent.miner_config import MinerConfig
 
 STOCK_YAML = """\
 # the stock miner's docker_config.yaml
@@ -67,7 +67,7 @@ def test_anything_outside_the_stock_shape_is_refused_with_its_place(text: str, f
 
 
 def test_cli_prints_toml_and_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from miner_agent.cli import main
+    from miner_agent.commands.main import main
 
     (tmp_path / "dc.yaml").write_text(STOCK_YAML)
     assert main(["config", "import-docker-config", str(tmp_path / "dc.yaml"), "--vendor-dir", "/srv/keys"]) == 0

@@ -118,9 +118,10 @@ def test_lost_executor_is_an_honest_horde_failure() -> None:
 
 
 def test_budget_from_initial_request_uses_class_spin_up() -> None:
+    import datetime as dt
+
     from horde_protocol.messages import V0InitialJobRequest
     from horde_protocol.receipts import JobStartedReceiptPayload
-    import datetime as dt
 
     payload = JobStartedReceiptPayload(job_uuid=UUID, miner_hotkey="m", validator_hotkey="v",
                                        timestamp=dt.datetime.now(dt.UTC), executor_class="always_on.test",

@@ -12,11 +12,11 @@ from bittensor_wallet import Keypair
 from horde_protocol.receipts import JobStartedReceiptPayload, receipt_blob
 from horde_protocol.signing import sign_blob
 from miner_agent.db import open_db
+from miner_agent.jobs.job_store import JobStore
 from miner_agent.jobs.machine import JobState
-from miner_agent.jobs.store import JobStore
 from miner_agent.keys import Signer
 from miner_agent.receipts.maintenance import RETENTION_S, ReceiptMaintenance
-from miner_agent.receipts.store import PAGE_TIME_S, ReceiptStore, page_of
+from miner_agent.receipts.receipt_store import PAGE_TIME_S, ReceiptStore, page_of
 
 MINER = Keypair.create_from_uri("//Miner")
 VALIDATOR = Keypair.create_from_uri("//Validator")

@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import ValidationError
 
-from executor_agent.config import AgentConfig, StreamingSettings
-from executor_agent.runner.podman import JobContainerSpec
-from executor_agent.runner.streaming import make_server_cert
-from miner_agent.config import LocalExecutor, MinerConfig, SshExecutor, streaming_address
+from executor_agent.container.podman_engine import JobContainerSpec
+from executor_agent.container.tls_proxy import make_server_cert
+from executor_agent.executor_config import AgentConfig, StreamingSettings
+from miner_agent.miner_config import LocalExecutor, MinerConfig, SshExecutor, streaming_address
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 

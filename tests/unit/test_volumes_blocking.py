@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from executor_agent.runner.blocking import Cancelled, run_cancellable
+from executor_agent.fs.blocking import Cancelled, run_cancellable
 
 
 async def test_cancellation_waits_for_the_worker_to_stop() -> None:

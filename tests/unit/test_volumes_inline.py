@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent.runner.http_fetch import ThroughputGuard, Retryable
-from executor_agent.runner.volumes import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.inputs.http_fetch import Retryable, ThroughputGuard
+from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
 from horde_protocol.volumes import InlineVolume, MultiVolume
 
 LIMITS = VolumeLimits()

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from horde_protocol.enums import ExecutorClass
-from miner_agent.config import LocalExecutor
 from miner_agent.fleet.manager import BaseExecutorManager, ExecutorUnavailable, ManagedExecutor
+from miner_agent.miner_config import LocalExecutor
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL
 

@@ -25,10 +25,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from executor_agent.runner.http_fetch import ByteBudget, Retryable, check_status, download, read_limited, with_retries
-from executor_agent.runner.safepath import UnsafePathError, create_file, open_dir, split_relative_path
-from executor_agent.runner.safezip import FILE_MODE
-from executor_agent.runner.volume_config import VolumeError, VolumeLimits
+from executor_agent.fs.safepath import UnsafePathError, create_file, open_dir, split_relative_path
+from executor_agent.inputs.http_fetch import ByteBudget, Retryable, check_status, download, read_limited, with_retries
+from executor_agent.inputs.safezip import FILE_MODE
+from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
 from horde_protocol.paths import relative_path_problem
 from horde_protocol.volumes import HuggingfaceVolume
 

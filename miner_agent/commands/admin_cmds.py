@@ -7,7 +7,7 @@ import json
 import sys
 
 from miner_agent.admin_client import call
-from miner_agent.config import MinerConfig
+from miner_agent.miner_config import MinerConfig
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from tomlkit.exceptions import ParseError
 from tomlkit.toml_document import TOMLDocument
 
-from executor_agent.tomlfile import describe
-from miner_agent.config import ConfigError, MinerConfig
+from agent_common.tomlfile import describe
+from miner_agent.miner_config import ConfigError, MinerConfig
 
 
 def read_document(path: Path) -> TOMLDocument:

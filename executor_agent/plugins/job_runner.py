@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor_agent.plugins import PluginError, load_plugin
+from agent_common.plugin_loader import PluginError, load_plugin
 from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import asyncssh
 from pydantic import ValidationError
 
-from executor_agent import link as L
-from miner_agent.config import LocalExecutor, SshExecutor
+from horde_protocol import link_frames as L
+from miner_agent.miner_config import LocalExecutor, SshExecutor
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,13 @@ class ExecutorLink:
         submit or payload may never have reached the agent."""
         self._unconfirmed.setdefault(frame.job_uuid, []).append((at_seq, frame))
 
-    async def send(self, frame: L._Frame) -> None:
+    async def send(self, frame: L.LinkFrame) -> None:
         if isinstance(frame, L.Submit | L.Payload) and frame.job_uuid in self._last_seq:
             # Kept even when the write fails or lands in a dying connection.
             self.keep_until_confirmed(frame, self._last_seq[frame.job_uuid])
         await self._write(frame)
 
-    async def _write(self, frame: L._Frame) -> None:
+    async def _write(self, frame: L.LinkFrame) -> None:
         writer = self._writer
         if self.state is not LinkState.UP or writer is None:
             raise LinkDown(f"executor {self.name}: link is {self.state.value} ({self.last_error or 'not connected yet'})")

@@ -31,7 +31,7 @@ import podman
 import requests
 from podman.errors import APIError, NotFound, PodmanError
 
-from executor_agent.runner.outputs import FrameDecoder, LogCapture
+from executor_agent.outputs.collect import FrameDecoder, LogCapture
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from executor_agent.runner.blocking import run_cancellable
-from executor_agent.runner.outzip import OutputZipError, list_output_files, write_output_zip
-from executor_agent.runner.safepath import UnsafePathError, open_regular_file, split_relative_path
+from executor_agent.fs.blocking import run_cancellable
+from executor_agent.fs.safepath import UnsafePathError, open_regular_file, split_relative_path
+from executor_agent.outputs.outzip import OutputZipError, list_output_files, write_output_zip
 from horde_protocol.uploads import (
     OUTPUT_UPLOAD_MAX_SIZE_BYTES,
     MultiUpload,

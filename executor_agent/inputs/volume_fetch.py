@@ -26,12 +26,12 @@ from typing import BinaryIO
 
 import aiohttp
 
-from executor_agent.runner import hf_volume
-from executor_agent.runner.blocking import run_cancellable
-from executor_agent.runner.http_fetch import ByteBudget, display_url, download, open_session
-from executor_agent.runner.safepath import DIR_MODE, UnsafePathError, create_file, open_dir, split_relative_path
-from executor_agent.runner.safezip import FILE_MODE, ArchiveError, ExtractStats, ZipLimits, extract_zip
-from executor_agent.runner.volume_config import VolumeError, VolumeLimits
+from executor_agent.fs.blocking import run_cancellable
+from executor_agent.fs.safepath import DIR_MODE, UnsafePathError, create_file, open_dir, split_relative_path
+from executor_agent.inputs import huggingface as hf_volume
+from executor_agent.inputs.http_fetch import ByteBudget, display_url, download, open_session
+from executor_agent.inputs.safezip import FILE_MODE, ArchiveError, ExtractStats, ZipLimits, extract_zip
+from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
 from horde_protocol.volumes import (
     HuggingfaceVolume,
     InlineVolume,

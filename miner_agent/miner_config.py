@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal, Union
 import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from executor_agent.tomlfile import ConfigError, load_model
+from agent_common.tomlfile import ConfigError, load_model
 from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
-from miner_agent.chain.config import ChainSection
+from miner_agent.chain.chain_config import ChainSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/miner-agent/miner-agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/miner-agent")

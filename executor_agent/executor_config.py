@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from executor_agent.tomlfile import ConfigError, load_model
+from agent_common.tomlfile import ConfigError, load_model
 
 DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
 
@@ -181,7 +181,7 @@ class AgentConfig(BaseModel):
     )
     nvidia_smi_path: str = Field("nvidia-smi", description="nvidia-smi used for the GPU part of the machine specs")
     job_runner: str = Field(
-        "", description='job-runner plugin as "package.module:ClassName" (executor_agent/runner/plugin.py); '
+        "", description='job-runner plugin as "package.module:ClassName" (executor_agent/plugins/job_runner.py); '
         '"" = the built-in behaviour'
     )
     job_runner_options: dict[str, Any] = Field(

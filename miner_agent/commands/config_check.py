@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncssh
 from bittensor_wallet import Keypair
 
-from miner_agent.config import LocalExecutor, MinerConfig, SshExecutor
 from miner_agent.keys import WalletError, load_hotkey
+from miner_agent.miner_config import LocalExecutor, MinerConfig, SshExecutor
 
 
 def problems(config: MinerConfig) -> list[tuple[str, str]]:

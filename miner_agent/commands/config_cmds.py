@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from miner_agent.config import ConfigError, load_config
-from miner_agent.config_check import problems
-from miner_agent.config_edit import add_executor, parse_value, read_document, remove_executor, set_key, write_document
+from miner_agent.commands.config_check import problems
+from miner_agent.commands.config_edit import (
+    add_executor,
+    parse_value,
+    read_document,
+    remove_executor,
+    set_key,
+    write_document,
+)
+from miner_agent.miner_config import ConfigError, load_config
 
 RESTART_HINT = "takes effect at the next start: systemctl restart miner-agent"
 

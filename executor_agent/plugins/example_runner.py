@@ -2,7 +2,7 @@
 
 Enable it in /etc/executor-agent/executor-agent.toml::
 
-    job_runner = "executor_agent.runner.example_runner:ExampleRunner"
+    job_runner = "executor_agent.plugins.example_runner:ExampleRunner"
 
     [job_runner_options]
     image_map = { "python:3.11" = "mirror.local:5000/python:3.11" }  # serve images from a mirror
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from executor_agent.runner.plugin import JobContext, JobRunner
+from executor_agent.plugins.job_runner import JobContext, JobRunner
 
 MARKER_FILE = "runner-before-start.txt"  # written into /output by before_start
 

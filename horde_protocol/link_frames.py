@@ -41,46 +41,48 @@ LINK_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # 64 MiB: a finished message may carry 2 MB of output + artifacts
 
 
-class _Frame(BaseModel):
+class LinkFrame(BaseModel):
+    """Base of every link frame (both directions); public so a writer can be typed against it."""
+
     model_config = ConfigDict(extra="ignore")
 
 
-class Submit(_Frame):
+class Submit(LinkFrame):
     link: Literal["submit"] = "submit"
     job_uuid: str
     initial: V0InitialJobRequest
 
 
-class Payload(_Frame):
+class Payload(LinkFrame):
     link: Literal["payload"] = "payload"
     job_uuid: str
     request: V0JobRequest
 
 
-class Attach(_Frame):
+class Attach(LinkFrame):
     link: Literal["attach"] = "attach"
     job_uuid: str
     since_seq: int = 0
 
 
-class Cancel(_Frame):
+class Cancel(LinkFrame):
     link: Literal["cancel"] = "cancel"
     job_uuid: str
     reason: str = ""
 
 
-class Ping(_Frame):
+class Ping(LinkFrame):
     link: Literal["ping"] = "ping"
     nonce: int = 0
 
 
-class JobSummary(_Frame):
+class JobSummary(LinkFrame):
     job_uuid: str
     last_seq: int
     finished: bool
 
 
-class Hello(_Frame):
+class Hello(LinkFrame):
     link: Literal["hello"] = "hello"
     link_version: int = LINK_VERSION
     agent_version: str
@@ -88,14 +90,14 @@ class Hello(_Frame):
     jobs: list[JobSummary] = Field(default_factory=list)
 
 
-class Event(_Frame):
+class Event(LinkFrame):
     link: Literal["event"] = "event"
     job_uuid: str
     seq: int
     message: ExecutorToMinerMessage
 
 
-class LinkError(_Frame):
+class LinkError(LinkFrame):
     link: Literal["error"] = "error"
     job_uuid: str | None = None
     details: str
@@ -105,7 +107,7 @@ class LinkError(_Frame):
     code: str = ""
 
 
-class Pong(_Frame):
+class Pong(LinkFrame):
     link: Literal["pong"] = "pong"
     nonce: int = 0
 
@@ -119,7 +121,7 @@ _up = TypeAdapter(AgentToMinerFrame)
 TERMINAL_MESSAGE_TYPES = frozenset({"V0JobFinishedRequest", "V0JobFailedRequest", "V0HordeFailedRequest"})
 
 
-def encode(frame: _Frame) -> bytes:
+def encode(frame: LinkFrame) -> bytes:
     """One frame as one line of compact JSON."""
     return frame.model_dump_json().encode() + b"\n"
 

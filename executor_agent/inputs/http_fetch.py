@@ -19,7 +19,7 @@ from typing import BinaryIO, TypeVar
 import aiohttp
 from yarl import URL
 
-from executor_agent.runner.volume_config import VolumeError, VolumeLimits
+from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from executor_agent.container import tls_proxy as tls
+from executor_agent.container.podman_engine import Podman
+from executor_agent.executor_config import StreamingSettings
 from horde_protocol.structs import StreamingDetails
-
-from executor_agent.config import StreamingSettings
-from executor_agent.runner import streaming as tls
-from executor_agent.runner.podman import Podman
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+from agent_common.logs import setup_logging
 from miner_agent import __version__
-from miner_agent.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from miner_agent.admin_client import AdminUnavailable
 from miner_agent.fleet.manager import ManagerLoadError
 from miner_agent.keys import WalletError
-from executor_agent.logs import setup_logging
+from miner_agent.miner_config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 EPILOG = """\
 examples:
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _command(name: str):  # noqa: ANN202 - returns one of the async command functions
     """Import lazily: `--help` and config errors stay fast and never touch aiohttp or keys."""
     if name in ("status", "executors"):
-        from miner_agent.cli_admin import executors_command, status_command
+        from miner_agent.commands.admin_cmds import executors_command, status_command
 
         return status_command if name == "status" else executors_command
     if name == "self-test":
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "config" or (args.command == "executors" and args.action in ("add", "remove")):
-            from miner_agent.cli_config import config_command
+            from miner_agent.commands.config_cmds import config_command
 
             return config_command(args)
         config = load_config(args.config)

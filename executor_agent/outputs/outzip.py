@@ -17,8 +17,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from executor_agent.runner.blocking import Cancelled
-from executor_agent.runner.safepath import UnsafePathError, open_dir, open_regular_file
+from executor_agent.fs.blocking import Cancelled
+from executor_agent.fs.safepath import UnsafePathError, open_dir, open_regular_file
 
 log = logging.getLogger(__name__)
 

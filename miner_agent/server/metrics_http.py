@@ -7,7 +7,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from miner_agent.fleet.link import LinkState
+from miner_agent.fleet.connection import LinkState
 from miner_agent.metrics import Gauge
 from miner_agent.server.context import CTX, MinerContext
 

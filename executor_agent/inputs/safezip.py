@@ -19,8 +19,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from executor_agent.runner.blocking import Cancelled
-from executor_agent.runner.safepath import DIR_MODE, UnsafePathError, create_file, open_dir
+from executor_agent.fs.blocking import Cancelled
+from executor_agent.fs.safepath import DIR_MODE, UnsafePathError, create_file, open_dir
 
 FILE_MODE = 0o755  # the stock executor chmods 777; we keep "everyone may read and run", drop write
 EXTRACT_CHUNK_BYTES = 1024 * 1024  # 1 MiB per read: amortises syscalls, bounds memory

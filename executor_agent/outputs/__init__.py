@@ -1,0 +1,1 @@
+"""Job outputs: captured logs and artifacts, and the uploads of /output."""

@@ -1,0 +1,1 @@
+"""Operator plugins: the job-runner hooks and their example."""
