@@ -118,9 +118,6 @@ AgentToMinerFrame = Annotated[Union[Hello, Event, LinkError, Pong], Field(discri
 _down = TypeAdapter(MinerToAgentFrame)
 _up = TypeAdapter(AgentToMinerFrame)
 
-TERMINAL_MESSAGE_TYPES = frozenset({"V0JobFinishedRequest", "V0JobFailedRequest", "V0HordeFailedRequest"})
-
-
 def encode(frame: LinkFrame) -> bytes:
     """One frame as one line of compact JSON."""
     return frame.model_dump_json().encode() + b"\n"
@@ -137,4 +134,5 @@ def decode_up(line: bytes | str) -> Hello | Event | LinkError | Pong:
 
 
 def is_terminal(event: Event) -> bool:
-    return event.message.message_type in TERMINAL_MESSAGE_TYPES
+    """The event ends its job (the lifecycle is declared on the message models)."""
+    return event.message.outcome is not None

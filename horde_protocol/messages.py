@@ -16,8 +16,9 @@ direction; `parse_validator_frame` also returns the received object, which the �
 
 from __future__ import annotations
 
+import enum
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AliasChoices,
@@ -54,8 +55,45 @@ from horde_protocol.volumes import Volume
 FailureContext = dict[str, JsonValue]
 
 
+class Progress(enum.IntEnum):
+    """The steps of a job's progress, in the order validators wait for them (protocol.md §5.2).
+
+    A relay forwards the first message of each step and drops a duplicate or one that arrives
+    after a later step; only the steps marked `mandatory` are waited for by every validator."""
+
+    EXECUTOR_READY = 1
+    VOLUMES_READY = 2
+    STREAMING_READY = 3
+    EXECUTION_DONE = 4
+    MACHINE_SPECS = 5
+
+    @property
+    def mandatory(self) -> bool:
+        return self in (Progress.EXECUTOR_READY, Progress.VOLUMES_READY, Progress.EXECUTION_DONE)
+
+
+class Outcome(str, enum.Enum):
+    """How a message ends a job (or, for a decline, the offer): at most one such message per job."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
+    DECLINED = "declined"
+
+
 class _Message(BaseModel):
+    """Every wire message. The three class attributes are the job lifecycle, declared here once:
+    agents, relays and the self-test read them instead of keeping tables of `message_type` strings."""
+
     model_config = ConfigDict(extra="ignore")
+
+    progress: ClassVar[Progress | None] = None  # the progress step this message reports
+    outcome: ClassVar[Outcome | None] = None  # set on messages that end the job
+    closes_stage: ClassVar[JobStage | None] = None  # the job stage whose end this message marks
+
+    @classmethod
+    def kind(cls) -> str:
+        """The `message_type` value (also the class name), without an instance."""
+        return cls.model_fields["message_type"].default
 
 
 # ---------------------------------------------------------------- both directions
@@ -173,6 +211,7 @@ class V0DeclineJobRequest(_Message):
     """Offer refused; only `busy` with enough `receipts` is excused (§5.3)."""
 
     message_type: Literal["V0DeclineJobRequest"] = "V0DeclineJobRequest"
+    outcome = Outcome.DECLINED
     job_uuid: str
     message: str = ""
     reason: JobRejectionReason = JobRejectionReason.UNKNOWN
@@ -187,6 +226,8 @@ class V0ExecutorReadyRequest(_Message):
     """Executor finished startup; the validator's deadline timer starts now."""
 
     message_type: Literal["V0ExecutorReadyRequest"] = "V0ExecutorReadyRequest"
+    progress = Progress.EXECUTOR_READY
+    closes_stage = JobStage.EXECUTOR_STARTUP
     job_uuid: str
     executor_token: str | None = None
 
@@ -195,6 +236,8 @@ class V0VolumesReadyRequest(_Message):
     """Input downloaded. Mandatory: the validator waits for it."""
 
     message_type: Literal["V0VolumesReadyRequest"] = "V0VolumesReadyRequest"
+    progress = Progress.VOLUMES_READY
+    closes_stage = JobStage.VOLUME_DOWNLOAD
     job_uuid: str
 
 
@@ -202,6 +245,7 @@ class V0StreamingJobReadyRequest(_Message):
     """Streaming server up; the miner sets `ip` and `miner_signature` (over `signature_blob()`, §4.5)."""
 
     message_type: Literal["V0StreamingJobReadyRequest"] = "V0StreamingJobReadyRequest"
+    progress = Progress.STREAMING_READY
     job_uuid: str
     executor_token: str | None = None
     public_key: str
@@ -217,6 +261,8 @@ class V0ExecutionDoneRequest(_Message):
     """Container exited with 0. Mandatory: the validator waits for it."""
 
     message_type: Literal["V0ExecutionDoneRequest"] = "V0ExecutionDoneRequest"
+    progress = Progress.EXECUTION_DONE
+    closes_stage = JobStage.EXECUTION
     job_uuid: str
 
 
@@ -224,6 +270,7 @@ class V0MachineSpecsRequest(_Message):
     """Optional, before `V0JobFinishedRequest`; note the two levels: `specs.specs`."""
 
     message_type: Literal["V0MachineSpecsRequest"] = "V0MachineSpecsRequest"
+    progress = Progress.MACHINE_SPECS
     job_uuid: str
     specs: MachineSpecs
 
@@ -232,6 +279,8 @@ class V0JobFinishedRequest(_Message):
     """Success, terminal. `artifacts` values are base64; `upload_results` values are JSON strings."""
 
     message_type: Literal["V0JobFinishedRequest"] = "V0JobFinishedRequest"
+    outcome = Outcome.FINISHED
+    closes_stage = JobStage.RESULT_UPLOAD
     job_uuid: str
     docker_process_stdout: str
     docker_process_stderr: str
@@ -244,6 +293,7 @@ class V0JobFailedRequest(_Message):
     always written as `message`/`reason`."""
 
     message_type: Literal["V0JobFailedRequest"] = "V0JobFailedRequest"
+    outcome = Outcome.FAILED
     job_uuid: str
     message: str = Field(default="", validation_alias=AliasChoices("message", "error_detail"))
     reason: JobFailureReason = Field(
@@ -260,6 +310,7 @@ class V0HordeFailedRequest(_Message):
     """Infrastructure fault, terminal."""
 
     message_type: Literal["V0HordeFailedRequest"] = "V0HordeFailedRequest"
+    outcome = Outcome.FAILED
     job_uuid: str
     reported_by: JobParticipantType
     message: str
@@ -271,6 +322,7 @@ class V0ExecutorFailedRequest(_Message):
     """Deprecated: validators map it to a horde failure `generic_error`. Parse it, never send it."""
 
     message_type: Literal["V0ExecutorFailedRequest"] = "V0ExecutorFailedRequest"
+    outcome = Outcome.FAILED
     job_uuid: str
     executor_token: str | None = None
 
@@ -279,6 +331,7 @@ class V0StreamingJobNotReadyRequest(_Message):
     """Deprecated: validators map it to a horde failure `streaming_failed`. Parse it, never send it."""
 
     message_type: Literal["V0StreamingJobNotReadyRequest"] = "V0StreamingJobNotReadyRequest"
+    outcome = Outcome.FAILED
     job_uuid: str
     executor_token: str | None = None
 
