@@ -34,7 +34,13 @@ from bittensor_wallet import Keypair  # noqa: E402
 
 from executor_agent.daemon.server import ExecutorAgent  # noqa: E402
 from executor_agent.executor_config import AgentConfig  # noqa: E402
-from horde_protocol.messages import V0JobRequest, V0MainHotkeyMessage  # noqa: E402
+from horde_protocol.messages import (
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0ExecutorManifestRequest,
+    V0JobRequest,  # noqa: E402
+    V0MainHotkeyMessage,
+)
 from miner_agent.daemon import MinerAgent  # noqa: E402
 from miner_agent.keys import create_wallet  # noqa: E402
 from miner_agent.miner_config import LocalExecutor, MinerConfig, MinerSection, ValidatorsSection, WalletSection  # noqa: E402
@@ -125,21 +131,21 @@ async def ours(n: int, offers: int, tmp: Path, podman_url: str) -> None:
 
 async def offers_burst(sim: ValidatorSim, offers: int) -> None:
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         rtts = []
         for _ in range(20):
             t0 = time.monotonic()
             await session.send(V0MainHotkeyMessage())
-            await session.recv_until("V0MainHotkeyMessage")
+            await session.recv_until(V0MainHotkeyMessage)
             rtts.append(time.monotonic() - t0)
 
     async def offer() -> float:
         async with await sim.connect() as s:
-            await s.recv_until("V0ExecutorManifestRequest")
+            await s.recv_until(V0ExecutorManifestRequest)
             initial = sim.initial_request(CLASS, IMAGE)
             t0 = time.monotonic()
             await s.send(initial)
-            got = await s.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest")
+            got = await s.recv_until(V0AcceptJobRequest, V0DeclineJobRequest)
             return got.at - t0
 
     latencies = sorted(await asyncio.gather(*(offer() for _ in range(offers))))

@@ -2,8 +2,9 @@
 
 Up: database, hotkey, receipt pages checked against SQLite, executor links, unfinished
 jobs reloaded, then the public listener, then READY=1 to systemd. Down (SIGTERM): the
-listener closes first so no new job arrives, then the links; running jobs stay on their
-executors and are re-attached by the next start.
+listener closes first so no new job arrives, frames already being handled finish and send
+their answers, every validator socket closes with 1001 (going away), then the links;
+running jobs stay on their executors and are re-attached by the next start.
 """
 
 from __future__ import annotations
@@ -54,34 +55,26 @@ class MinerAgent:
         conn = open_db(cfg.db_path)
         receipts = ReceiptStore(conn, cfg.receipts_dir, signer)
         receipts.rebuild_pages()
-        service_ref: list[JobService] = []
-
-        async def on_event(name: str, event: object) -> None:
-            await service_ref[0].on_event(name, event)  # type: ignore[arg-type]
-
-        async def on_job_error(name: str, job_uuid: str, details: str) -> None:
-            await service_ref[0].on_link_error(name, job_uuid, details)
-
         manager = None
         if cfg.executor_manager.class_path:
             manager = load_manager(cfg.executor_manager.class_path, cfg.executor_manager.options)
-        fleet = Fleet(list(cfg.executors), on_event, on_job_error, manager=manager,
+        fleet = Fleet(list(cfg.executors), manager=manager,
                       manifest_hold_s=min(MANIFEST_HOLD_S, cfg.miner.executor_lost_after_s))
         jobs_db = JobStore(conn)
         for name in jobs_db.drained() & set(fleet.links):
             fleet.drain(name)
+        chain = build_chain_duties(
+            cfg.chain, keypair=signer.keypair, allow=cfg.validators.allow, manifest=fleet.manifest,
+            listen_port=lambda: self.port, state_dir=cfg.miner.state_dir,
+        )
         metrics = MinerMetrics()
-        service = JobService(fleet, jobs_db, receipts, metrics, cfg.miner.executor_lost_after_s)
-        service_ref.append(service)
+        service = JobService(fleet, jobs_db, receipts, metrics, cfg.miner.executor_lost_after_s,
+                             is_blacklisted=lambda hotkey: chain.validators.is_blacklisted(hotkey))
         service.restore()
         fleet.start()
         service.start()
         maintenance = ReceiptMaintenance(conn, cfg.receipts_dir, receipts)
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="receipts-maintenance")
-        chain = build_chain_duties(
-            cfg.chain, keypair=signer.keypair, allow=cfg.validators.allow, manifest=fleet.manifest,
-            listen_port=lambda: self.port, state_dir=cfg.miner.state_dir,
-        )
         self.ctx = MinerContext(cfg, signer, fleet, service, receipts, chain, metrics)
         attach_gauges(self.ctx)
         self._admin = await start_admin(self.ctx, cfg.admin_socket)

@@ -10,7 +10,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Upgrades, by the version they lead to. 2: the job snapshot keeps the machine's progress and
+# deadline, so a restart reads them back instead of guessing.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN progress INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN deadline_unix REAL NOT NULL DEFAULT 0",
+    ),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -40,6 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     initial_json TEXT NOT NULL,
     request_json TEXT,
     last_executor_seq INTEGER NOT NULL DEFAULT 0,
+    progress INTEGER NOT NULL DEFAULT 0,  -- highest Progress step forwarded to the validator
+    deadline_unix REAL NOT NULL DEFAULT 0,  -- the job machine's watchdog deadline
     created_unix REAL NOT NULL,
     updated_unix REAL NOT NULL
 );
@@ -65,6 +76,12 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is None
     conn.executescript(_SCHEMA)
+    if not fresh:
+        for version in range(max(found, 1) + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn

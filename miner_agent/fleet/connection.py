@@ -16,8 +16,8 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncssh
 from pydantic import ValidationError
@@ -45,16 +45,23 @@ class LinkDown(Exception):
     """The executor agent is not reachable right now."""
 
 
-EventHandler = Callable[[str, L.Event], Awaitable[None]]
-JobErrorHandler = Callable[[str, str, str], Awaitable[None]]  # executor name, job uuid, details
+class FleetEvents(Protocol):
+    """What the links report upward (the job service implements it)."""
+
+    async def on_event(self, executor_name: str, event: L.Event) -> None:
+        """One job event, exactly once and in seq order per job."""
+
+    async def on_job_error(self, executor_name: str, job_uuid: str, details: str) -> None:
+        """The agent refused a frame about a tracked job in a way that means it cannot run there."""
+
+
 FATAL_ERROR_CODES = frozenset({"busy", "unknown_job"})  # the job cannot run on that agent
 
 
 @dataclass
 class ExecutorLink:
     entry: LocalExecutor | SshExecutor
-    on_event: EventHandler
-    on_job_error: JobErrorHandler | None = None
+    events: FleetEvents
     state: LinkState = LinkState.CONNECTING
     hello: L.Hello | None = None
     last_error: str = ""
@@ -202,8 +209,8 @@ class ExecutorLink:
                 log.error("executor reported an error executor=%s job=%s code=%s details=%r",
                           self.name, frame.job_uuid, frame.code or "-", frame.details)
                 tracked = frame.job_uuid is not None and frame.job_uuid in self._last_seq
-                if tracked and frame.code in FATAL_ERROR_CODES and self.on_job_error is not None:
-                    await self.on_job_error(self.name, frame.job_uuid, frame.details)
+                if tracked and frame.code in FATAL_ERROR_CODES:
+                    await self.events.on_job_error(self.name, frame.job_uuid, frame.details)
 
     async def _deliver(self, event: L.Event) -> None:
         seen = self._last_seq.get(event.job_uuid)
@@ -216,7 +223,7 @@ class ExecutorLink:
         if pending := self._unconfirmed.get(event.job_uuid):
             # The agent answers a submit (ready) or a payload (volumes ready) only after taking it.
             pending[:] = [(at, frame) for at, frame in pending if at >= event.seq]
-        await self.on_event(self.name, event)
+        await self.events.on_event(self.name, event)
 
     async def _resend(self, job_uuid: str, agent_seq: int | None) -> None:
         """Re-send what the agent may have missed (sent while the link was down, or into a

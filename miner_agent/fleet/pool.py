@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from horde_protocol import link_frames as L
 from horde_protocol.enums import ExecutorClass
-from miner_agent.fleet.connection import EventHandler, ExecutorLink, JobErrorHandler, LinkState
+from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
+from miner_agent.fleet.connection import ExecutorLink, FleetEvents, LinkState
 from miner_agent.fleet.manager import BaseExecutorManager, ExecutorUnavailable, ManagedExecutor
 from miner_agent.miner_config import ExecutorEntry, LocalExecutor, SshExecutor
 
@@ -30,8 +31,6 @@ MANIFEST_HOLD_S = 300.0  # one manifest poll period: a link down for less still 
 @dataclass
 class Fleet:
     entries: list[ExecutorEntry]
-    on_event: EventHandler
-    on_job_error: JobErrorHandler | None = None
     links: dict[str, ExecutorLink] = field(default_factory=dict)
     jobs: dict[str, set[str]] = field(default_factory=dict)  # executor name -> job uuids holding a slot
     drained: set[str] = field(default_factory=set)  # finish what they run, take nothing new
@@ -43,12 +42,27 @@ class Fleet:
     managed: dict[str, ManagedExecutor] = field(default_factory=dict)  # started ones
     _idle_since: dict[str, float] = field(default_factory=dict)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    # Who hears the links' job events: the job service subscribes itself when it is built.
+    listener: FleetEvents | None = None
 
     def __post_init__(self) -> None:
         for entry in self.entries:
-            self.links[entry.name] = ExecutorLink(entry, self.on_event, self.on_job_error)
+            self.links[entry.name] = ExecutorLink(entry, self)
             self.jobs[entry.name] = set()
             self._idle_since[entry.name] = 0.0
+
+    def subscribe(self, listener: FleetEvents) -> None:
+        self.listener = listener
+
+    async def on_event(self, executor_name: str, event: L.Event) -> None:
+        if self.listener is None:
+            log.warning("job event with no listener dropped executor=%s job=%s", executor_name, event.job_uuid)
+            return
+        await self.listener.on_event(executor_name, event)
+
+    async def on_job_error(self, executor_name: str, job_uuid: str, details: str) -> None:
+        if self.listener is not None:
+            await self.listener.on_job_error(executor_name, job_uuid, details)
 
     def start(self) -> None:
         for link in self.links.values():
@@ -139,7 +153,7 @@ class Fleet:
         self._add_link(endpoint, job_uuid, last_seq)
 
     def _add_link(self, endpoint: LocalExecutor | SshExecutor, job_uuid: str, last_seq: int) -> ExecutorLink:
-        link = ExecutorLink(endpoint, self.on_event, self.on_job_error)
+        link = ExecutorLink(endpoint, self)
         link.track(job_uuid, last_seq)
         self.links[endpoint.name] = link
         link.start()
@@ -175,11 +189,11 @@ class Fleet:
         self.links[name].untrack(job_uuid)
         self._idle_since[name] = time.monotonic()
 
-    async def submit(self, name: str, initial: object) -> None:
-        await self.links[name].send(L.Submit(job_uuid=initial.job_uuid, initial=initial))  # type: ignore[attr-defined]
+    async def submit(self, name: str, initial: V0InitialJobRequest) -> None:
+        await self.links[name].send(L.Submit(job_uuid=initial.job_uuid, initial=initial))
 
-    async def payload(self, name: str, request: object) -> None:
-        await self.links[name].send(L.Payload(job_uuid=request.job_uuid, request=request))  # type: ignore[attr-defined]
+    async def payload(self, name: str, request: V0JobRequest) -> None:
+        await self.links[name].send(L.Payload(job_uuid=request.job_uuid, request=request))
 
     async def cancel(self, name: str, job_uuid: str, reason: str) -> None:
         await self.links[name].send(L.Cancel(job_uuid=job_uuid, reason=reason))

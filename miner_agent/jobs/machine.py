@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS, MAX_EXECUTOR_TIMEOUT_S, ExecutorClass
 from horde_protocol.messages import (
+    ExecutorToMinerMessage,
     GenericError,
-    V0ExecutionDoneRequest,
+    MinerToValidatorMessage,
+    Outcome,
+    Progress,
     V0ExecutorFailedRequest,
     V0ExecutorReadyRequest,
     V0HordeFailedRequest,
@@ -33,7 +36,6 @@ from horde_protocol.messages import (
     V0JobRequest,
     V0StreamingJobNotReadyRequest,
     V0StreamingJobReadyRequest,
-    V0VolumesReadyRequest,
 )
 
 WATCHDOG_GRACE_S = 15.0  # executor deadlines fire first; this only catches a silent executor
@@ -55,7 +57,7 @@ class JobState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ToValidator:
-    message: object  # a MinerToValidatorMessage model
+    message: MinerToValidatorMessage
 
 
 @dataclass(frozen=True)
@@ -68,19 +70,10 @@ class ToExecutor:
 class Release:
     """The job is over: free its slot."""
 
-    outcome: str
+    outcome: Outcome
 
 
 Action = ToValidator | ToExecutor | Release
-
-_PROGRESS_ORDER: dict[str, int] = {
-    "V0ExecutorReadyRequest": 1,
-    "V0VolumesReadyRequest": 2,
-    "V0StreamingJobReadyRequest": 3,
-    "V0ExecutionDoneRequest": 4,
-    "V0MachineSpecsRequest": 5,
-}
-
 
 @dataclass
 class Budget:
@@ -115,9 +108,6 @@ class Budget:
         return self.readiness + self.leeway + self.download + self.execution + self.upload + self.streaming
 
 
-PROGRESS_ORDER = _PROGRESS_ORDER
-
-
 @dataclass
 class JobMachine:
     job_uuid: str
@@ -125,9 +115,9 @@ class JobMachine:
     started_at: float
     streaming: bool = False
     state: JobState = JobState.SUBMITTED
-    progress: int = 0  # highest _PROGRESS_ORDER step forwarded
+    progress: int = 0  # highest `Progress` step forwarded (0: none yet)
     deadline: float = 0.0
-    outcome: str = ""
+    outcome: Outcome | None = None
     log: list[str] = field(default_factory=list)  # why things were dropped, for the job's log lines
 
     def __post_init__(self) -> None:
@@ -136,19 +126,15 @@ class JobMachine:
 
     # -- inputs -------------------------------------------------------------------------
 
-    def on_executor_message(self, message: object, now: float) -> list[Action]:
+    def on_executor_message(self, message: ExecutorToMinerMessage, now: float) -> list[Action]:
         if self.state.terminal:
-            self.log.append(f"dropped {type(message).__name__} after the job ended")
+            self.log.append(f"dropped {message.kind()} after the job ended")
             return []
-        if isinstance(message, (V0JobFinishedRequest, V0JobFailedRequest, V0HordeFailedRequest)):
-            return self._end(message, "finished" if isinstance(message, V0JobFinishedRequest) else "failed")
         if isinstance(message, GenericError):
             details = message.details or "Received GenericError from the executor with no details"
-            return self._end(self._horde("executor", "generic_error", details), "failed")
+            return self._end(self._horde("executor", "generic_error", details))
         if isinstance(message, V0ExecutorFailedRequest):
-            return self._end(
-                self._horde("executor", "generic_error", "Legacy executor failure (V0ExecutorFailedRequest)"), "failed"
-            )
+            return self._end(self._horde("executor", "generic_error", "Legacy executor failure (V0ExecutorFailedRequest)"))
         if isinstance(message, V0StreamingJobNotReadyRequest):
             failed = V0JobFailedRequest(
                 job_uuid=self.job_uuid,
@@ -156,19 +142,21 @@ class JobMachine:
                 reason="unknown",
                 message="Legacy streaming failure (V0StreamingJobNotReadyRequest)",
             )
-            return self._end(failed, "failed")
-        step = _PROGRESS_ORDER.get(type(message).__name__)
+            return self._end(failed)
+        if message.outcome is not None:
+            return self._end(message)
+        step = message.progress
         if step is None:
-            self.log.append(f"dropped unexpected {type(message).__name__}")
+            self.log.append(f"dropped unexpected {message.kind()}")
             return []
         if step <= self.progress:
-            self.log.append(f"dropped duplicate or late {type(message).__name__}")
+            self.log.append(f"dropped duplicate or late {message.kind()}")
             return []
         self.progress = step
-        self._extend_deadline(message, now)
+        self._extend_deadline(step, now)
         if isinstance(message, (V0ExecutorReadyRequest, V0StreamingJobReadyRequest)):
             message = message.model_copy(update={"executor_token": None})
-        if isinstance(message, V0ExecutorReadyRequest):
+        if step is Progress.EXECUTOR_READY:
             self.state = JobState.WAITING_FOR_PAYLOAD
         return [ToValidator(message)]
 
@@ -182,13 +170,13 @@ class JobMachine:
         """The executor cannot be reached any more and will not be: an honest horde failure."""
         if self.state.terminal:
             return []
-        return self._end(self._horde("miner", "executor_disconnected", details), "failed")
+        return self._end(self._horde("miner", "executor_disconnected", details))
 
     def on_spinup_failed(self) -> list[Action]:
         """The executor could not be started or reached after the accept (stock ExecutorUnavailable)."""
         if self.state.terminal:
             return []
-        return self._end(self._horde("miner", "executor_spinup_failed", "Executor failed to start"), "failed")
+        return self._end(self._horde("miner", "executor_spinup_failed", "Executor failed to start"))
 
     def on_tick(self, now: float) -> list[Action]:
         if self.state.terminal:
@@ -196,24 +184,27 @@ class JobMachine:
         if now < min(self.deadline + WATCHDOG_GRACE_S, self.started_at + MAX_JOB_S):
             return []
         message = f"Executor sent no result within its budget (state {self.state.value})"
-        return [ToExecutor(cancel="miner watchdog"), *self._end(self._horde("miner", "unhandled_timeout", message), "failed")]
+        return [ToExecutor(cancel="miner watchdog"), *self._end(self._horde("miner", "unhandled_timeout", message))]
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _extend_deadline(self, message: object, now: float) -> None:
+    def _extend_deadline(self, step: Progress, now: float) -> None:
+        """The validator's clock restarts at ready; later steps add their stage budgets."""
         b = self.budget
-        if isinstance(message, V0ExecutorReadyRequest):
+        if step is Progress.EXECUTOR_READY:
             self.deadline = now + b.leeway + b.download
-        elif isinstance(message, V0VolumesReadyRequest):
+        elif step is Progress.VOLUMES_READY:
             self.deadline += b.execution + b.streaming
-        elif isinstance(message, V0ExecutionDoneRequest):
+        elif step is Progress.EXECUTION_DONE:
             self.deadline += b.upload
 
     def _horde(self, reported_by: str, reason: str, message: str) -> V0HordeFailedRequest:
         return V0HordeFailedRequest(job_uuid=self.job_uuid, reported_by=reported_by, reason=reason, message=message)
 
-    def _end(self, message: object, outcome: str) -> list[Action]:
-        self.state = JobState.FINISHED if outcome == "finished" else JobState.FAILED
+    def _end(self, message: V0JobFinishedRequest | V0JobFailedRequest | V0HordeFailedRequest) -> list[Action]:
+        outcome = message.outcome
+        assert outcome is not None
+        self.state = JobState.FINISHED if outcome is Outcome.FINISHED else JobState.FAILED
         self.outcome = outcome
         return [ToValidator(message), Release(outcome)]
 
@@ -231,5 +222,4 @@ __all__ = [
     "Release",
     "ToExecutor",
     "ToValidator",
-    "PROGRESS_ORDER",
 ]

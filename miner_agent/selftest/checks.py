@@ -9,14 +9,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
-from horde_protocol.messages import ExecutorTimingDetails
+from horde_protocol.messages import (
+    ExecutorTimingDetails,
+    MinerToValidatorMessage,
+    Outcome,
+    Progress,
+    V0AcceptJobRequest,
+    V0ExecutionDoneRequest,
+    V0ExecutorReadyRequest,
+    V0JobFinishedRequest,
+    V0VolumesReadyRequest,
+)
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
 from miner_agent.jobs.machine import EXECUTOR_STARTUP_S
 from miner_agent.selftest.simulator import RESERVATION_TIME_LIMIT_S, Received
 
-MANDATORY = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest",
-             "V0JobFinishedRequest"]
+_FINISHED_RANK = len(Progress) + 1
+
+
+def _rank(message: MinerToValidatorMessage) -> int | None:
+    """Where a message stands in the sequence every validator waits for (None: not in it)."""
+    if isinstance(message, V0AcceptJobRequest):
+        return 0
+    if message.progress is not None and message.progress.mandatory:
+        return int(message.progress)
+    if message.outcome is Outcome.FINISHED:
+        return _FINISHED_RANK
+    return None
+
+
+# accept -> the mandatory progress steps -> finished
+MANDATORY_RANKS = [0, *(int(step) for step in Progress if step.mandatory), _FINISHED_RANK]
 
 
 def progress_problems(
@@ -24,29 +48,29 @@ def progress_problems(
 ) -> list[str]:
     """Order and cumulative budgets of protocol.md §5.2, measured from when the offer was sent."""
     problems: list[str] = []
-    types = [r.type for r in received]
-    if types[-1:] != ["V0JobFinishedRequest"]:
-        last = received[-1].message if received else None
+    last = received[-1].message if received else None
+    if not isinstance(last, V0JobFinishedRequest):
         detail = getattr(last, "message", None) or getattr(last, "reason", None) or "no answer"
-        problems.append(f"job did not finish: {types[-1] if types else 'nothing'} ({detail})")
-    seen = [t for t in types if t in MANDATORY]
-    if seen != MANDATORY[: len(seen)]:
-        problems.append(f"progress out of order: {' -> '.join(seen)}")
-    at = {}
+        problems.append(f"job did not finish: {last.kind() if last is not None else 'nothing'} ({detail})")
+    seen = [(r.type, rank) for r in received if (rank := _rank(r.message)) is not None]
+    if [rank for _, rank in seen] != MANDATORY_RANKS[: len(seen)]:
+        problems.append(f"progress out of order: {' -> '.join(kind for kind, _ in seen)}")
+    at: dict[str, float] = {}
     for r in received:
         at.setdefault(r.type, r.at - sent_at)
+    accept, ready_kind = V0AcceptJobRequest.kind(), V0ExecutorReadyRequest.kind()
     spin_up = EXECUTOR_CLASS_SPECS[ExecutorClass(executor_class)].spin_up_time_s
-    budgets = [("V0AcceptJobRequest", None, RESERVATION_TIME_LIMIT_S)]
-    ready = at.get("V0ExecutorReadyRequest")
-    if "V0AcceptJobRequest" in at:
-        budgets.append(("V0ExecutorReadyRequest", at["V0AcceptJobRequest"], spin_up + EXECUTOR_STARTUP_S))
+    budgets: list[tuple[str, float | None, float]] = [(accept, None, RESERVATION_TIME_LIMIT_S)]
+    ready = at.get(ready_kind)
+    if accept in at:
+        budgets.append((ready_kind, at[accept], spin_up + EXECUTOR_STARTUP_S))
     if ready is not None:
         deadline = timing.allowed_leeway + timing.download_time_limit
-        budgets.append(("V0VolumesReadyRequest", ready, deadline))
+        budgets.append((V0VolumesReadyRequest.kind(), ready, deadline))
         deadline += timing.execution_time_limit + timing.streaming_start_time_limit
-        budgets.append(("V0ExecutionDoneRequest", ready, deadline))
+        budgets.append((V0ExecutionDoneRequest.kind(), ready, deadline))
         deadline += timing.upload_time_limit
-        budgets.append(("V0JobFinishedRequest", ready, deadline))
+        budgets.append((V0JobFinishedRequest.kind(), ready, deadline))
     for name, start, budget in budgets:
         if name not in at:
             continue

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS
-from horde_protocol.messages import V0JobRequest
+from horde_protocol.messages import V0JobFinishedRequest, V0JobRequest
 from miner_agent.keys import load_hotkey
 from miner_agent.miner_config import MinerConfig
 from miner_agent.selftest.simulator import ValidatorSim, inline_zip
@@ -33,8 +33,8 @@ async def demo_job(config: MinerConfig, args: argparse.Namespace) -> int:
     for item in received:
         print(f"  +{item.at - t0:6.3f}s  {item.type}")
     last = received[-1].message if received else None
-    if last is not None and received[-1].type == "V0JobFinishedRequest":
-        print("stdout:\n" + "\n".join("  | " + line for line in last.docker_process_stdout.splitlines()))  # type: ignore[attr-defined]
+    if isinstance(last, V0JobFinishedRequest):
+        print("stdout:\n" + "\n".join("  | " + line for line in last.docker_process_stdout.splitlines()))
         print("job finished: OK")
         return 0
     print(f"job did not finish: {last.model_dump_json() if last is not None else 'no answer'}")

@@ -19,7 +19,13 @@ import aiohttp
 from bittensor_wallet import Keypair
 
 from horde_protocol.enums import EXECUTOR_CLASS_SPECS, ExecutorClass
-from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest, V0MainHotkeyMessage
+from horde_protocol.messages import (
+    ExecutorTimingDetails,
+    V0ExecutorManifestRequest,
+    V0JobFinishedRequest,
+    V0JobRequest,
+    V0MainHotkeyMessage,
+)
 from horde_protocol.receipts import Receipt
 from miner_agent.admin_client import call
 from miner_agent.miner_config import MinerConfig
@@ -80,11 +86,11 @@ class SelfTest:
             async def handshake() -> str:
                 async with await sim.connect() as session:
                     first = await session.recv(10)
-                    if first.type != "V0ExecutorManifestRequest":
+                    if not isinstance(first.message, V0ExecutorManifestRequest):
                         raise AssertionError(f"first frame was {first.type}, not the manifest")
                     manifest.update({str(k): v for k, v in first.message.manifest.items() if v > 0})
                     await session.send(V0MainHotkeyMessage())
-                    answer = await session.recv_until("V0MainHotkeyMessage", timeout_s=10)
+                    answer = await session.recv_until(V0MainHotkeyMessage, timeout_s=10)
                     if not answer.message.main_hotkey:
                         raise AssertionError("no main hotkey in the answer")
                 if not manifest:
@@ -121,7 +127,7 @@ class SelfTest:
             received.extend(await sim.run_job(initial, request, readiness_timeout_s=60))
             problems = progress_problems(received, sent_at, executor_class, SELFTEST_TIMING)
             last = received[-1].message if received else None
-            if last is not None and received[-1].type == "V0JobFinishedRequest" and MARKER not in last.docker_process_stdout:
+            if last is not None and isinstance(received[-1].message, V0JobFinishedRequest) and MARKER not in last.docker_process_stdout:
                 problems.append(f"stdout was {last.docker_process_stdout[:200]!r}")
             return problems
 

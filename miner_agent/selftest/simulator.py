@@ -18,12 +18,20 @@ from datetime import UTC, datetime
 
 import aiohttp
 from bittensor_wallet import Keypair
+from pydantic import BaseModel
 
 from horde_protocol.messages import (
     ExecutorTimingDetails,
+    MinerToValidatorMessage,
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0ExecutorManifestRequest,
+    V0ExecutorReadyRequest,
+    V0HordeFailedRequest,
     V0InitialJobRequest,
     V0JobAcceptedReceiptRequest,
     V0JobFinishedReceiptRequest,
+    V0JobFinishedRequest,
     V0JobRequest,
     ValidatorAuthForMiner,
     parse_miner_to_validator,
@@ -35,10 +43,9 @@ from horde_protocol.receipts import (
     receipt_blob,
 )
 from horde_protocol.signing import sign_blob
-from horde_protocol.volumes import InlineVolume
+from horde_protocol.volumes import InlineVolume, Volume
 
 RESERVATION_TIME_LIMIT_S = 7  # validator's DYNAMIC_EXECUTOR_RESERVATION_TIME_LIMIT
-TERMINAL = ("V0JobFinishedRequest", "V0JobFailedRequest", "V0HordeFailedRequest", "V0DeclineJobRequest")
 
 
 def inline_zip(files: dict[str, bytes]) -> InlineVolume:
@@ -54,11 +61,11 @@ class Received:
     """One miner frame as the validator saw it, with when (monotonic seconds)."""
 
     at: float
-    message: object
+    message: MinerToValidatorMessage
 
     @property
     def type(self) -> str:
-        return self.message.message_type  # type: ignore[attr-defined]
+        return self.message.kind()
 
 
 @dataclass
@@ -67,8 +74,8 @@ class SimSession:
     http: aiohttp.ClientSession
     received: list[Received] = field(default_factory=list)
 
-    async def send(self, message: object | str) -> None:
-        text = message if isinstance(message, str) else message.model_dump_json()  # type: ignore[attr-defined]
+    async def send(self, message: BaseModel | str) -> None:
+        text = message if isinstance(message, str) else message.model_dump_json()
         await self.ws.send_str(text)
 
     async def recv(self, timeout_s: float = 10.0) -> Received:
@@ -79,11 +86,13 @@ class SimSession:
         self.received.append(item)
         return item
 
-    async def recv_until(self, *types: str, timeout_s: float = 30.0) -> Received:
+    async def recv_until(self, *kinds: type[BaseModel], timeout_s: float = 30.0, or_outcome: bool = False) -> Received:
+        """The next frame of one of `kinds` (or, with `or_outcome`, any frame that ends the job or
+        the offer), keeping every frame on the way in `received`."""
         deadline = time.monotonic() + timeout_s
         while True:
             item = await self.recv(max(0.01, deadline - time.monotonic()))
-            if item.type in types:
+            if isinstance(item.message, kinds) or (or_outcome and item.message.outcome is not None):
                 return item
 
     async def close(self) -> None:
@@ -131,7 +140,7 @@ class ValidatorSim:
         executor_class: str,
         image: str,
         job_uuid: str | None = None,
-        volume: object | None = None,
+        volume: Volume | None = None,
         timing: ExecutorTimingDetails | None = None,
     ) -> V0InitialJobRequest:
         job_uuid = job_uuid or str(uuidlib.uuid4())
@@ -189,20 +198,20 @@ class ValidatorSim:
         """
         started = datetime.now(UTC)
         async with await self.connect() as session:
-            await session.recv_until("V0ExecutorManifestRequest", timeout_s=10)
+            await session.recv_until(V0ExecutorManifestRequest, timeout_s=10)
             await session.send(initial)
-            first = await session.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest", "V0HordeFailedRequest",
+            first = await session.recv_until(V0AcceptJobRequest, V0DeclineJobRequest, V0HordeFailedRequest,
                                              timeout_s=RESERVATION_TIME_LIMIT_S)
-            if first.type == "V0AcceptJobRequest":
+            if isinstance(first.message, V0AcceptJobRequest):
                 await session.send(self.accepted_receipt(str(initial.job_uuid)))
-                got = await session.recv_until("V0ExecutorReadyRequest", *TERMINAL, timeout_s=readiness_timeout_s)
-                if got.type == "V0ExecutorReadyRequest":
+                got = await session.recv_until(V0ExecutorReadyRequest, timeout_s=readiness_timeout_s, or_outcome=True)
+                if isinstance(got.message, V0ExecutorReadyRequest):
                     await session.send(request)
                     t = initial.executor_timing
                     budget = (t.allowed_leeway + t.download_time_limit + t.execution_time_limit
                               + t.upload_time_limit + t.streaming_start_time_limit) if t else 300
-                    await session.recv_until(*TERMINAL, timeout_s=budget + 5)
-                ok = session.received[-1].type == "V0JobFinishedRequest"
+                    await session.recv_until(or_outcome=True, timeout_s=budget + 5)
+                ok = isinstance(session.received[-1].message, V0JobFinishedRequest)
                 await session.send(self.finished_receipt(str(initial.job_uuid), started, 1.0 if ok else 0.0))
                 await asyncio.sleep(0.05)  # let the receipt frame leave before closing, as a validator does
-            return [r for r in session.received if r.type != "V0ExecutorManifestRequest"]
+            return [r for r in session.received if not isinstance(r.message, V0ExecutorManifestRequest)]

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from miner_agent.server.context import CTX, MinerContext
 from miner_agent.server.http import receipts_page, version
-from miner_agent.server.validator_ws import validator_interface
+from miner_agent.server.validator_ws import close_validator_sockets, validator_interface
 
 
 def build_app(ctx: MinerContext) -> web.Application:
@@ -15,4 +15,5 @@ def build_app(ctx: MinerContext) -> web.Application:
     app.router.add_get("/v0.1/validator_interface/{hotkey}", validator_interface)
     app.router.add_get("/receipts/{name}", receipts_page)
     app.router.add_get("/version", version)
+    app.on_shutdown.append(close_validator_sockets)
     return app

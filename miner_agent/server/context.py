@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -30,6 +31,8 @@ class MinerContext:
     selftest_keys: dict[str, float] = field(default_factory=dict)
 
     public_port: int = 0  # the bound validator-facing port (config may say 0 = any)
+    # Open validator websockets (server.validator_ws handlers), closed with 1001 at shutdown.
+    validator_sockets: set[Any] = field(default_factory=set)
 
     def preload_images(self) -> list[str]:
         """Job images validators want preloaded (dynamic DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES)."""

@@ -8,10 +8,11 @@ frame we send on an authenticated session is always the manifest.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
@@ -25,19 +26,21 @@ from horde_protocol.messages import (
     V0JobRequest,
     V0MainHotkeyMessage,
     ValidatorAuthForMiner,
+    ValidatorToMinerMessage,
     malformed_details,
     parse_validator_frame,
-    validator_signature_ok,
 )
+from miner_agent.jobs.service import STORAGE_ERRORS
 from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
-from miner_agent.receipts.receipt_store import ReceiptRejected
 from miner_agent.server.context import CTX, MinerContext
 
 log = logging.getLogger(__name__)
 
 AUTH_WAIT_S = 60.0  # a socket that never authenticates is closed after this long
 MAX_QUEUED_FRAMES = 32  # frames kept while waiting for the handshake
+DRAIN_TIMEOUT_S = 5.0  # on shutdown, how long frames being handled may take before sockets close
+SHUTDOWN_CLOSE_MESSAGE = b"miner-agent is shutting down"
 
 
 @dataclass
@@ -73,9 +76,11 @@ async def validator_interface(request: web.Request) -> web.WebSocketResponse:
         return ws
     handler = _Handler(ctx, ws, hotkey)
     ctx.metrics.ws_open += 1
+    ctx.validator_sockets.add(handler)
     try:
         await handler.run()
     finally:
+        ctx.validator_sockets.discard(handler)
         ctx.metrics.ws_open -= 1
         if handler.session is not None:
             ctx.service.on_session_closed(handler.session)
@@ -91,17 +96,23 @@ class _Handler:
     def __init__(self, ctx: MinerContext, ws: web.WebSocketResponse, hotkey: str) -> None:
         self.ctx, self.ws, self.hotkey = ctx, ws, hotkey
         self.session: Session | None = None
-        self.queued: list[tuple[object, dict]] = []
+        self.queued: list[tuple[ValidatorToMinerMessage, dict[str, Any]]] = []
         self.opened = time.monotonic()
+        self.idle = asyncio.Event()  # clear while a received frame is being handled
+        self.idle.set()
 
     async def run(self) -> None:
         async for frame in self.ws:
-            if frame.type is WSMsgType.TEXT:
-                await self._on_text(frame.data)
-            elif frame.type is WSMsgType.BINARY:
-                await self._error("Malformed message: binary frames are not part of the protocol")
-            if self.session is None and time.monotonic() - self.opened > AUTH_WAIT_S and not self.ws.closed:
-                await _refuse(self.ws, refusal_details(self.hotkey, "no auth message in time"))
+            self.idle.clear()
+            try:
+                if frame.type is WSMsgType.TEXT:
+                    await self._on_text(frame.data)
+                elif frame.type is WSMsgType.BINARY:
+                    await self._error("Malformed message: binary frames are not part of the protocol")
+                if self.session is None and time.monotonic() - self.opened > AUTH_WAIT_S and not self.ws.closed:
+                    await _refuse(self.ws, refusal_details(self.hotkey, "no auth message in time"))
+            finally:
+                self.idle.set()
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -141,69 +152,48 @@ class _Handler:
         for queued_message, raw in queued:
             await self._dispatch(queued_message, raw)
 
-    async def _dispatch(self, message: object, raw: dict) -> None:
+    async def _dispatch(self, message: ValidatorToMinerMessage, raw: dict[str, Any]) -> None:
+        """Hand an authenticated frame to its owner; what to do with a job is the service's call."""
         assert self.session is not None
         service = self.ctx.service
-        if isinstance(message, (V0InitialJobRequest, V0JobRequest)) and not await self._signature_ok(message, raw):
-            return
         try:
-            await self._handle(message)
-        except (sqlite3.Error, OSError) as exc:
-            # Storage trouble (a full disk, a read-only state dir): say so at once and keep the
-            # socket; an offer is declined rather than left to time out.
-            log.error("frame not handled validator=%s type=%s error=%r", self.hotkey, type(message).__name__, str(exc))
             if isinstance(message, V0InitialJobRequest):
-                await service.decline(self.session, str(message.job_uuid), "unknown",
-                                      f"miner storage failure, job not taken: {exc}",
-                                      cls=str(message.executor_class.value))
-            else:
-                await self._error(f"miner storage failure handling {type(message).__name__}: {exc}")
-
-    async def _handle(self, message: object) -> None:
-        assert self.session is not None
-        service = self.ctx.service
-        if isinstance(message, V0InitialJobRequest):
-            if self.ctx.validators.is_blacklisted(self.hotkey):
-                log.info("job declined job=%s validator=%s reason=validator_blacklisted", message.job_uuid, self.hotkey)
-                await service.decline(self.session, str(message.job_uuid), "validator_blacklisted",
-                                      "this miner does not take jobs from this validator",
-                                      cls=str(message.executor_class.value))
-                return
-            await service.offer(self.session, message)
-        elif isinstance(message, V0JobRequest):
-            await service.job_request(self.session, message)
-        elif isinstance(message, (V0JobAcceptedReceiptRequest, V0JobFinishedReceiptRequest)):
-            self._store_receipt(message)
-        elif isinstance(message, V0MainHotkeyMessage):
-            reply = V0MainHotkeyMessage(main_hotkey=self.ctx.main_hotkey())
-            await self.session.send_text(reply.model_dump_json())
-        elif isinstance(message, GenericError):
-            log.warning("validator sent an error validator=%s details=%r", self.hotkey, message.details)
-
-    async def _signature_ok(self, message: V0InitialJobRequest | V0JobRequest, raw: dict) -> bool:
-        """Verify the optional §12 `validator_signature`; absent is fine, wrong is refused."""
-        if validator_signature_ok(raw, self.hotkey) is not False:
-            return True
-        log.warning("bad validator_signature validator=%s job=%s type=%s", self.hotkey, message.job_uuid, message.message_type)
-        if isinstance(message, V0InitialJobRequest):
-            assert self.session is not None
-            await self.ctx.service.decline(
-                self.session, str(message.job_uuid), "invalid_signature", "validator_signature does not verify"
-            )
-        else:
-            await self._error(f"Invalid validator_signature on V0JobRequest for job {message.job_uuid}")
-        return False
-
-    def _store_receipt(self, message: V0JobAcceptedReceiptRequest | V0JobFinishedReceiptRequest) -> None:
-        try:
-            self.ctx.receipts.accept(message.payload, message.signature, self.hotkey)
-        except ReceiptRejected as exc:
-            # Stock behaviour: no reply; the log says why.
-            log.warning(
-                "receipt dropped type=%s job=%s validator=%s reason=%r",
-                message.message_type, message.payload.job_uuid, self.hotkey, str(exc),
-            )
+                await service.offer(self.session, message, raw)
+            elif isinstance(message, V0JobRequest):
+                await service.job_request(self.session, message, raw)
+            elif isinstance(message, (V0JobAcceptedReceiptRequest, V0JobFinishedReceiptRequest)):
+                service.on_receipt(self.session, message)
+            elif isinstance(message, V0MainHotkeyMessage):
+                reply = V0MainHotkeyMessage(main_hotkey=self.ctx.main_hotkey())
+                await self.session.send_text(reply.model_dump_json())
+            elif isinstance(message, GenericError):
+                log.warning("validator sent an error validator=%s details=%r", self.hotkey, message.details)
+        except STORAGE_ERRORS as exc:
+            # Storage trouble outside an offer (the service declines those itself): say so, keep the socket.
+            log.error("frame not handled validator=%s type=%s error=%r", self.hotkey, message.kind(), str(exc))
+            await self._error(f"miner storage failure handling {message.kind()}: {exc}")
 
     async def _error(self, details: str) -> None:
         log.warning("malformed frame validator=%s details=%r", self.hotkey, details[:500])
         await self.ws.send_str(GenericError(details=details).model_dump_json())
+
+
+async def close_validator_sockets(app: web.Application) -> None:
+    """Shutdown (SIGTERM): let every frame already being handled finish and send its answer, then
+    close each validator socket with 1001 (going away), so validators reconnect to the next start
+    rather than read an abnormal drop. The listener is already closed when this runs."""
+    ctx: MinerContext = app[CTX]
+    handlers = list(ctx.validator_sockets)
+    busy = [asyncio.ensure_future(h.idle.wait()) for h in handlers if not h.idle.is_set()]
+    if busy:
+        _, late = await asyncio.wait(busy, timeout=DRAIN_TIMEOUT_S)
+        for waiter in late:
+            waiter.cancel()
+        if late:
+            log.warning("shutdown: %d validator frame(s) still being handled after %g s", len(late), DRAIN_TIMEOUT_S)
+    await asyncio.gather(
+        *(h.ws.close(code=WSCloseCode.GOING_AWAY, message=SHUTDOWN_CLOSE_MESSAGE) for h in handlers),
+        return_exceptions=True,
+    )
+    if handlers:
+        log.info("shutdown: validator sockets closed count=%d code=%d", len(handlers), WSCloseCode.GOING_AWAY)

@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest
+from horde_protocol.messages import (
+    ExecutorTimingDetails,
+    V0AcceptJobRequest,
+    V0ExecutorManifestRequest,
+    V0ExecutorReadyRequest,
+    V0JobRequest,
+    V0VolumesReadyRequest,
+)
 from miner_agent.fleet.connection import LinkState
 from miner_agent.selftest.simulator import SimSession, ValidatorSim
 from tests.fixtures.sshd import ClientKey, ExecutorHost
@@ -23,7 +30,6 @@ CLASS = "always_on.test"
 OTHER_CLASS = "always_on.cpu.8c.16gb"
 SLEEP_JOB = ["sh", "-c", "sleep 4; echo ok"]  # long enough to break something while it runs
 PROGRESS = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest"]
-TERMINAL = ("V0JobFinishedRequest", "V0JobFailedRequest", "V0HordeFailedRequest", "V0DeclineJobRequest")
 OPTIONAL = "V0MachineSpecsRequest"  # an agent may report specs after a successful job
 TIMING = ExecutorTimingDetails(allowed_leeway=5, download_time_limit=10, execution_time_limit=20,
                                upload_time_limit=10, streaming_start_time_limit=0)
@@ -49,9 +55,9 @@ def budget_s() -> float:
 async def offer(sim: ValidatorSim, initial: Any) -> tuple[SimSession, str]:
     """Connect, read the manifest, send the offer; returns the session and the reply type."""
     session = await sim.connect()
-    await session.recv_until("V0ExecutorManifestRequest", timeout_s=10)
+    await session.recv_until(V0ExecutorManifestRequest, timeout_s=10)
     await session.send(initial)
-    reply = await session.recv_until("V0AcceptJobRequest", *TERMINAL, timeout_s=7)
+    reply = await session.recv_until(V0AcceptJobRequest, timeout_s=7, or_outcome=True)
     return session, reply.type
 
 
@@ -61,10 +67,10 @@ async def begin(sim: ValidatorSim, initial: Any, request: Any) -> SimSession:
     try:
         assert reply == "V0AcceptJobRequest", session.received[-1].message
         await session.send(sim.accepted_receipt(str(initial.job_uuid)))
-        ready = await session.recv_until("V0ExecutorReadyRequest", *TERMINAL, timeout_s=STAGE_TIMEOUT_S)
+        ready = await session.recv_until(V0ExecutorReadyRequest, timeout_s=STAGE_TIMEOUT_S, or_outcome=True)
         assert ready.type == "V0ExecutorReadyRequest", ready.message
         await session.send(request)
-        volumes = await session.recv_until("V0VolumesReadyRequest", *TERMINAL, timeout_s=STAGE_TIMEOUT_S)
+        volumes = await session.recv_until(V0VolumesReadyRequest, timeout_s=STAGE_TIMEOUT_S, or_outcome=True)
         assert volumes.type == "V0VolumesReadyRequest", volumes.message
     except BaseException:
         await session.close()
@@ -74,12 +80,12 @@ async def begin(sim: ValidatorSim, initial: Any, request: Any) -> SimSession:
 
 async def finish(session: SimSession, timeout_s: float | None = None) -> Any:
     """Wait for the terminal frame; returns it."""
-    return (await session.recv_until(*TERMINAL, timeout_s=timeout_s or budget_s() + 5)).message
+    return (await session.recv_until(or_outcome=True, timeout_s=timeout_s or budget_s() + 5)).message
 
 
 async def manifest(sim: ValidatorSim) -> dict[str, int]:
     async with await sim.connect() as session:
-        got = (await session.recv_until("V0ExecutorManifestRequest", timeout_s=10)).message.manifest
+        got = (await session.recv_until(V0ExecutorManifestRequest, timeout_s=10)).message.manifest
     return {str(k): v for k, v in got.items()}
 
 

@@ -8,7 +8,14 @@ import time
 import aiohttp
 import pytest
 
-from horde_protocol.messages import ExecutorTimingDetails, V0JobRequest
+from horde_protocol.messages import (
+    ExecutorTimingDetails,
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0ExecutorManifestRequest,
+    V0ExecutorReadyRequest,
+    V0JobRequest,
+)
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
 from miner_agent.miner_config import LocalExecutor
@@ -97,11 +104,11 @@ async def test_manifest_counts_reachable_executors_and_drain(e2e_config, start_m
     agent = await _ready_miner(start_miner, e2e_config)
     sim = sim_for(agent, validator_key)
     async with await sim.connect() as session:
-        manifest = (await session.recv_until("V0ExecutorManifestRequest")).message.manifest
+        manifest = (await session.recv_until(V0ExecutorManifestRequest)).message.manifest
     assert {str(k): v for k, v in manifest.items()} == {CLASS: 1}
     agent.ctx.fleet.drain("local")
     async with await sim.connect() as session:
-        assert (await session.recv_until("V0ExecutorManifestRequest")).message.manifest == {}
+        assert (await session.recv_until(V0ExecutorManifestRequest)).message.manifest == {}
     assert agent.ctx.fleet.reserve(CLASS, "some-job") is None
 
 
@@ -140,14 +147,14 @@ async def test_second_job_is_declined_busy_while_the_only_slot_is_taken(e2e_conf
     sim = sim_for(agent, validator_key)
     first, _ = _job(sim, busybox_image, ["true"])
     async with await sim.connect() as s1:
-        await s1.recv_until("V0ExecutorManifestRequest")
+        await s1.recv_until(V0ExecutorManifestRequest)
         await s1.send(first)
-        assert (await s1.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest")).type == "V0AcceptJobRequest"
+        assert (await s1.recv_until(V0AcceptJobRequest, V0DeclineJobRequest)).type == "V0AcceptJobRequest"
         second, _ = _job(sim, busybox_image, ["true"])
         async with await sim.connect() as s2:
-            await s2.recv_until("V0ExecutorManifestRequest")
+            await s2.recv_until(V0ExecutorManifestRequest)
             await s2.send(second)
-            reply = await s2.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest")
+            reply = await s2.recv_until(V0AcceptJobRequest, V0DeclineJobRequest)
     assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "busy")
     assert [str(r.payload.job_uuid) for r in reply.message.receipts] == [str(first.job_uuid)]
 
@@ -180,9 +187,9 @@ async def test_executor_refusing_the_submit_fails_the_job_at_once(e2e_config, st
     sim1, sim2 = sim_for(first, validator_key), sim_for(second, validator_key)
     long_job, _ = _job(sim1, busybox_image, ["sleep", "5"])
     async with await sim1.connect() as s1:
-        await s1.recv_until("V0ExecutorManifestRequest")
+        await s1.recv_until(V0ExecutorManifestRequest)
         await s1.send(long_job)
-        await s1.recv_until("V0ExecutorReadyRequest")  # the agent's only slot is taken
+        await s1.recv_until(V0ExecutorReadyRequest)  # the agent's only slot is taken
         t0 = time.monotonic()
         initial, request = _job(sim2, busybox_image, ["true"])
         received = await sim2.run_job(initial, request)
@@ -221,9 +228,9 @@ async def test_status_json_and_executors_list_show_a_running_job(e2e_config, sta
     sim = sim_for(agent, validator_key)
     initial, _ = _job(sim, busybox_image, ["sleep", "5"])
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(initial)
-        await session.recv_until("V0ExecutorReadyRequest")
+        await session.recv_until(V0ExecutorReadyRequest)
         code, out, _ = await run_cli("status", "--json", "--config", str(cfg))
         status = json.loads(out)
         code_list, listing, _ = await run_cli("executors", "list", "--config", str(cfg))

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from horde_protocol.enums import ExecutorClass
-from horde_protocol.messages import V0JobRequest
+from horde_protocol.messages import (
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0ExecutorManifestRequest,
+    V0ExecutorReadyRequest,
+    V0JobRequest,
+)
 from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor, ManagerLoadError, load_manager
 from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
@@ -57,7 +63,7 @@ async def test_example_manager_runs_a_job_in_its_own_agent_and_cleans_up(
     agent = await start_miner(config)
     sim = sim_for(agent, validator_key)
     async with await sim.connect() as session:
-        manifest = (await session.recv_until("V0ExecutorManifestRequest")).message.manifest
+        manifest = (await session.recv_until(V0ExecutorManifestRequest)).message.manifest
     assert {str(k): v for k, v in manifest.items()} == {CLASS: 1}
 
     initial, request = _job(sim, busybox_image, ["echo", "managed"])
@@ -83,13 +89,13 @@ async def test_manager_capacity_is_respected(miner_config, start_miner, podman_s
     first, _ = _job(sim, busybox_image, ["true"])
     second, _ = _job(sim, busybox_image, ["true"])
     async with await sim.connect() as s1:
-        await s1.recv_until("V0ExecutorManifestRequest")
+        await s1.recv_until(V0ExecutorManifestRequest)
         await s1.send(first)
-        assert (await s1.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest")).type == "V0AcceptJobRequest"
+        assert (await s1.recv_until(V0AcceptJobRequest, V0DeclineJobRequest)).type == "V0AcceptJobRequest"
         await s1.send(second)
-        reply = await s1.recv_until("V0DeclineJobRequest", "V0AcceptJobRequest")
+        reply = await s1.recv_until(V0DeclineJobRequest, V0AcceptJobRequest)
         assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "busy")
-        await s1.recv_until("V0ExecutorReadyRequest", timeout_s=15)
+        await s1.recv_until(V0ExecutorReadyRequest, timeout_s=15)
 
 
 async def test_manager_that_cannot_start_gives_spinup_failure(miner_config, start_miner, validator_key) -> None:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from horde_protocol.messages import V0ExecutorReadyRequest, V0HordeFailedRequest
 from miner_agent.fleet import connection as link_module
 from miner_agent.fleet import pool as pool_module
 from miner_agent.fleet.connection import LinkState
@@ -193,7 +194,7 @@ async def test_job_request_arriving_while_the_host_is_cut_off_reaches_it_after_t
     async with session:
         assert reply == "V0AcceptJobRequest"
         await session.send(sim.accepted_receipt(str(initial.job_uuid)))
-        ready = await session.recv_until("V0ExecutorReadyRequest", "V0HordeFailedRequest", timeout_s=15)
+        ready = await session.recv_until(V0ExecutorReadyRequest, V0HordeFailedRequest, timeout_s=15)
         assert ready.type == "V0ExecutorReadyRequest", ready.message
         netns_lab.cut("ex1")
         try:

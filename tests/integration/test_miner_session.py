@@ -11,7 +11,13 @@ import aiohttp
 import pytest
 from bittensor_wallet import Keypair
 
-from horde_protocol.messages import V0MainHotkeyMessage
+from horde_protocol.messages import (
+    GenericError,
+    V0AcceptJobRequest,
+    V0DeclineJobRequest,
+    V0ExecutorManifestRequest,
+    V0MainHotkeyMessage,
+)
 from horde_protocol.receipts import Receipt, receipt_blob
 from horde_protocol.signing import verify_blob
 from tests.fixtures.miner import sim_for
@@ -80,7 +86,7 @@ async def test_malformed_frames_get_generic_error_and_socket_stays_open(miner_co
     agent = await start_miner(miner_config)
     sim = sim_for(agent, validator_key)
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         for bad in ["not json", '{"message_type": "V0Bogus"}', '{"message_type": "V0JobRequest"}', "[1,2]",
                     json.dumps({"message_type": "V0ExecutorManifestRequest", "manifest": {}})]:
             await session.send(bad)
@@ -103,9 +109,9 @@ async def test_version_endpoint(miner_config, start_miner) -> None:
 async def _offer(sim, executor_class: str = "always_on.test", **kw):
     initial = sim.initial_request(executor_class, "localhost/none:latest", **kw)
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(initial)
-        reply = await session.recv_until("V0AcceptJobRequest", "V0DeclineJobRequest", "GenericError", timeout_s=7)
+        reply = await session.recv_until(V0AcceptJobRequest, V0DeclineJobRequest, GenericError, timeout_s=7)
     return initial, reply
 
 
@@ -146,7 +152,7 @@ async def test_receipt_with_bad_signature_is_declined_and_not_stored(miner_confi
     initial = sim.initial_request("always_on.test", "img")
     initial = initial.model_copy(update={"job_started_receipt_signature": "0x" + "00" * 64})
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(initial)
         reply = await session.recv(5)
     assert reply.type == "V0DeclineJobRequest"
@@ -159,7 +165,7 @@ async def test_bad_validator_signature_on_initial_request_is_declined(miner_conf
     sim = sim_for(agent, validator_key)
     initial = sim.initial_request("always_on.test", "img").model_copy(update={"validator_signature": "0x" + "11" * 64})
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(initial)
         reply = await session.recv(5)
     assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "invalid_signature")
@@ -208,13 +214,13 @@ async def test_accepted_and_finished_receipts_are_countersigned(miner_config, st
     agent = await start_miner(miner_config)
     sim = sim_for(agent, validator_key)
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(sim.accepted_receipt("11111111-2222-4333-8444-555555555555"))
         await session.send(sim.finished_receipt("11111111-2222-4333-8444-555555555555", datetime.now(UTC), 2.5))
         bad = sim.finished_receipt("11111111-2222-4333-8444-666666666666", datetime.now(UTC), 1.0)
         await session.send(bad.model_copy(update={"signature": "0x" + "22" * 64}))
         await session.send(V0MainHotkeyMessage())
-        await session.recv_until("V0MainHotkeyMessage")  # the receipts were handled before this answer
+        await session.recv_until(V0MainHotkeyMessage)  # the receipts were handled before this answer
     _, lines = await _page_lines(agent.port)
     types = sorted(str(r.payload.receipt_type) for r in lines)
     assert types == ["JobAcceptedReceipt", "JobFinishedReceipt"]
@@ -294,7 +300,7 @@ async def test_full_disk_declines_clearly_keeps_the_socket_and_loses_no_receipt(
         except OSError:
             pass
     async with await sim.connect() as session:
-        await session.recv_until("V0ExecutorManifestRequest")
+        await session.recv_until(V0ExecutorManifestRequest)
         await session.send(sim.initial_request("always_on.test", "img"))
         reply = await session.recv(7)
         assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "unknown")
@@ -306,3 +312,45 @@ async def test_full_disk_declines_clearly_keeps_the_socket_and_loses_no_receipt(
     assert (reply.type, reply.message.reason) == ("V0DeclineJobRequest", "busy")  # no executor here: honest busy
     _, lines = await _page_lines(agent.port)
     assert str(second.job_uuid) in [str(r.payload.job_uuid) for r in lines]
+
+
+async def test_shutdown_answers_the_frame_in_flight_then_closes_sockets_going_away(miner_config, validator_key) -> None:
+    """SIGTERM path (MinerAgent.stop): an offer being handled still gets its answer, then every
+    validator socket, idle or busy, closes with 1001 so the validator reconnects to the next start."""
+    from miner_agent.daemon import MinerAgent
+
+    agent = MinerAgent(miner_config)
+    await agent.start()
+    sim = sim_for(agent, validator_key)
+    service = agent.ctx.service
+    real_offer, entered, release = service.offer, asyncio.Event(), asyncio.Event()
+
+    async def slow_offer(*args, **kwargs) -> None:  # a slow disk: the offer is mid-way when SIGTERM comes
+        entered.set()
+        await release.wait()
+        await real_offer(*args, **kwargs)
+
+    service.offer = slow_offer  # type: ignore[method-assign]
+    busy, idle = await sim.connect(), await sim.connect()
+    try:
+        for session in (busy, idle):
+            await session.recv_until(V0ExecutorManifestRequest)
+        initial = sim.initial_request("always_on.test", "localhost/none:latest")
+        await busy.send(initial)
+        await asyncio.wait_for(entered.wait(), 5)
+        stopping = asyncio.create_task(agent.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done() and not busy.ws.closed and not idle.ws.closed  # waiting for the frame
+        release.set()
+        reply = await busy.recv(5)
+        assert reply.type == "V0DeclineJobRequest" and reply.message.job_uuid == str(initial.job_uuid)
+        for session in (busy, idle):
+            frame = await session.ws.receive(timeout=5)
+            assert frame.type is aiohttp.WSMsgType.CLOSE, frame
+            assert session.ws.close_code == 1001
+            assert frame.extra == "miner-agent is shutting down"
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        release.set()
+        await busy.close()
+        await idle.close()

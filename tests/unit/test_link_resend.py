@@ -27,12 +27,18 @@ class _Writer:
         pass
 
 
-async def _noop(name: str, event: L.Event) -> None:
-    pass
+class _NoEvents:
+    """A FleetEvents listener that ignores everything."""
+
+    async def on_event(self, executor_name: str, event: L.Event) -> None:
+        pass
+
+    async def on_job_error(self, executor_name: str, job_uuid: str, details: str) -> None:
+        pass
 
 
 def _link() -> ExecutorLink:
-    link = ExecutorLink(LocalExecutor(name="x", socket=Path("/nonexistent")), _noop)
+    link = ExecutorLink(LocalExecutor(name="x", socket=Path("/nonexistent")), _NoEvents())
     link.track(JOB)
     return link
 

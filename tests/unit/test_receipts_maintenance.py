@@ -9,10 +9,11 @@ from pathlib import Path
 
 from bittensor_wallet import Keypair
 
+from horde_protocol.messages import V0AcceptJobRequest
 from horde_protocol.receipts import JobStartedReceiptPayload, receipt_blob
 from horde_protocol.signing import sign_blob
 from miner_agent.db import open_db
-from miner_agent.jobs.job_store import JobStore
+from miner_agent.jobs.job_store import JobSnapshot, JobStore
 from miner_agent.jobs.machine import JobState
 from miner_agent.keys import Signer
 from miner_agent.receipts.maintenance import RETENTION_S, ReceiptMaintenance
@@ -56,9 +57,9 @@ def test_old_receipts_pages_and_finished_jobs_are_evicted(tmp_path: Path) -> Non
     ancient.write_text("x\n")
     jobs = JobStore(store.conn)
     for uuid, state in (("old-finished", JobState.FINISHED), ("old-running", JobState.RUNNING)):
-        jobs.create(uuid, VALIDATOR.ss58_address, "always_on.test", "local", "{}")
-        jobs.set_state(uuid, state)
-        jobs.add_message(uuid, '{"message_type": "V0AcceptJobRequest"}')
+        snapshot = JobSnapshot(job_uuid=uuid, validator_hotkey=VALIDATOR.ss58_address, executor_class="always_on.test",
+                               executor_name="local", state=state, initial_json="{}", created_unix=now)
+        jobs.save(snapshot, [V0AcceptJobRequest(job_uuid=uuid).model_dump_json()])
     store.conn.execute("UPDATE jobs SET updated_unix = ?", (now - RETENTION_S - 60,))
     receipts, pages, evicted_jobs = ReceiptMaintenance(store.conn, store.pages_dir).evict(now)
     assert (receipts, pages, evicted_jobs) == (1, 1, 1)
