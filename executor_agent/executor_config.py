@@ -21,6 +21,9 @@ Example::
     port_range = [6000, 6999]   # inclusive; one TLS port per streaming job
     bind_host = "0.0.0.0"
     health_timeout_s = 25.0
+
+    [egress]
+    allow = ["10.20.0.0/16", "files.lan", "registry.lan:5000"]   # default: [] (public addresses only)
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_common.tomlfile import ConfigError, load_model
+from executor_agent.net.egress import EgressPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
 
@@ -121,6 +125,35 @@ class StreamingSettings(BaseModel):
         return self
 
 
+class EgressSettings(BaseModel):
+    """Where the URLs of a job (volume downloads, Hugging Face, output uploads) may connect.
+
+    Those URLs are written by whoever submitted the job, so by default they may reach public
+    addresses only: loopback, link-local (cloud metadata), private, CGNAT, multicast, reserved
+    addresses and this host's own are refused, checked after DNS and again on every redirect
+    (executor_agent/net/egress.py). `allow` opens exceptions, e.g. a file mirror on the LAN."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description='exceptions, each one of: a network or address, any port ("10.20.0.0/16", "127.0.0.1", '
+        '"fd00::/8"); an address and one port ("127.0.0.1:5000", "[::1]:5000"); a URL host name, any port '
+        'or one port ("files.lan", "registry.lan:5000"; matched exactly, case-insensitive, and whatever it '
+        "resolves to is then allowed). [] = public addresses only",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _entries_parse(cls, allow: list[str]) -> list[str]:
+        EgressPolicy.from_entries(allow)  # a ValueError names the bad entry
+        return allow
+
+    @property
+    def policy(self) -> EgressPolicy:
+        return EgressPolicy.from_entries(self.allow)
+
+
 DEFAULT_DYNAMIC_CONFIG_URL = (
     "https://raw.githubusercontent.com/backend-developers-ltd/compute-horde-dynamic-config/master/miner-config-prod.json"
 )
@@ -176,6 +209,7 @@ class AgentConfig(BaseModel):
     preload: PreloadSettings = Field(default_factory=PreloadSettings)
     image_gc: ImageGcSettings = Field(default_factory=ImageGcSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
     specs_refresh_s: float = Field(
         21600.0, gt=0, description="machine specs are collected at start and refreshed this often (6 h)"
     )
@@ -201,4 +235,4 @@ def load_config(path: Path | str | None) -> AgentConfig:
     return load_model(Path(path), AgentConfig, "pass --config with an existing TOML file")
 
 
-__all__ = ["AgentConfig", "ConfigError", "ImagePolicy", "load_config"]
+__all__ = ["AgentConfig", "ConfigError", "EgressSettings", "ImagePolicy", "load_config"]

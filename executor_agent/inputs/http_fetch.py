@@ -4,6 +4,8 @@ servers (huge bodies, huge headers, silence, slow drip).
 Every byte is counted as it arrives, because `Content-Length` is only a claim: it is used to fail
 early, never to decide that a body is small. A failed attempt keeps what it wrote and the next one
 asks for the rest with `Range` (plus `If-Range`, so a file that changed meanwhile is sent whole).
+Every connection, redirects included, goes through the egress guard (executor_agent/net/egress.py):
+a URL that points at loopback, a private network or this host is the job's fault, not retried.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
+from executor_agent.net.egress import EgressRefused, guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +98,18 @@ class ThroughputGuard:
 
 def open_session(limits: VolumeLimits) -> aiohttp.ClientSession:
     """A session with our timeouts and header caps; no cookies, no proxies from the environment,
-    no transparent decompression (it would break byte counting and `Range` offsets)."""
+    no transparent decompression (it would break byte counting and `Range` offsets), and no
+    connection the egress policy `limits.egress` refuses."""
     timeout = aiohttp.ClientTimeout(
         total=None,
         connect=limits.connect_timeout_s,
         sock_connect=limits.connect_timeout_s,
         sock_read=limits.read_timeout_s,
     )
-    return aiohttp.ClientSession(
+    return guarded_session(
+        limits.egress,
         timeout=timeout,
         auto_decompress=False,
-        trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         max_line_size=limits.max_header_line_bytes,
         max_field_size=limits.max_header_line_bytes,
@@ -125,13 +129,15 @@ def check_status(resp: aiohttp.ClientResponse, what: str) -> None:
 
 async def with_retries(op: Callable[[], Awaitable[T]], limits: VolumeLimits, what: str) -> T:
     """Run `op` up to `limits.attempts` times; VolumeError stops at once, Retryable and transport
-    errors back off (1 s, 2 s, ... + jitter). Cancellation always propagates."""
+    errors back off (1 s, 2 s, ... + jitter). An egress refusal is final. Cancellation always propagates."""
     last = "no attempt made"
     for attempt in range(1, limits.attempts + 1):
         try:
             return await op()
         except VolumeError:
             raise
+        except EgressRefused as exc:
+            raise VolumeError(f"{what}: {exc}") from None
         except Retryable as exc:
             last = str(exc)
         except aiohttp.TooManyRedirects:

@@ -2,7 +2,7 @@
 
 The stock executor calls `huggingface_hub.snapshot_download`; we need only two endpoints, so we
 talk HTTP ourselves and keep the same guards as every other download (byte budget, timeouts, slow
-drip, retries, no writes outside `dest`):
+drip, retries, no writes outside `dest`, the egress guard):
 
 * `GET {hub}/api/{models|datasets|spaces}/{repo_id}/revision/{revision}` -> JSON with `sha` and
   `siblings: [{"rfilename": ...}]` (the listing `snapshot_download` itself uses);

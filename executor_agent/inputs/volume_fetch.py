@@ -3,7 +3,8 @@
 One entry point, `fetch_volume`, for every `volume_type` of protocol.md §8.1. Anything the job
 sender got wrong or did on purpose (bad URL, 404, hostile zip, too big, too slow) is a VolumeError
 whose text the user sees as "Download failed: <text>"; anything else (disk full, a bug) propagates
-unchanged so the caller can report a horde failure instead of blaming the job.
+unchanged so the caller can report a horde failure instead of blaming the job. A URL the egress
+guard refuses (loopback, private, link-local, this host) is a VolumeError.
 
 Cancellation (the caller's stage deadline) is safe at every await: the HTTP session is closed by
 `async with`, the zip_url archive lives in an unnamed O_TMPFILE file that vanishes when closed,
@@ -32,6 +33,7 @@ from executor_agent.inputs import huggingface as hf_volume
 from executor_agent.inputs.http_fetch import ByteBudget, display_url, download, open_session
 from executor_agent.inputs.safezip import FILE_MODE, ArchiveError, ExtractStats, ZipLimits, extract_zip
 from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
+from executor_agent.net.egress import EgressRefused
 from horde_protocol.volumes import (
     HuggingfaceVolume,
     InlineVolume,
@@ -152,6 +154,8 @@ async def fetch_volume(volume: Volume, dest: Path, limits: VolumeLimits) -> None
         async with open_session(limits) as session:
             await _fetch_one(volume, root_fd, temp_dir, session, limits)
     except UnsafePathError as exc:
+        raise VolumeError(str(exc)) from None
+    except EgressRefused as exc:  # every request path translates it with context; this is the backstop
         raise VolumeError(str(exc)) from None
     finally:
         os.close(root_fd)

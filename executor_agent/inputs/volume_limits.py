@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from executor_agent.net.egress import PUBLIC_ONLY, EgressPolicy
 from horde_protocol.volumes import VOLUME_MAX_SIZE_BYTES
 
 GIB = 1024**3
@@ -56,6 +57,8 @@ class VolumeLimits:
     # where a zip_url archive waits before extraction; None = the parent of `dest` (the job dir),
     # never inside `dest`, which the container sees
     temp_dir: Path | None = None
+    # where URLs may connect; the default refuses loopback, private, link-local and this host's addresses
+    egress: EgressPolicy = PUBLIC_ONLY
 
 
 __all__ = ["HF_DEFAULT_ENDPOINT", "VolumeError", "VolumeLimits"]

@@ -5,7 +5,9 @@ of the upload response (keys `output.zip`, a single file's `relative_path`, or `
 Anything wrong with the target or the job's output is an UploadError (job failure
 `upload_failed`); other exceptions are ours. A request has `request_timeout_s` in all, 3 attempts
 with 1 s / 2 s back-off, and any status >= 400 counts as a failed attempt (as in the stock executor,
-4xx included: presigned-URL stores answer 403 for clock skew that a retry may outlive).
+4xx included: presigned-URL stores answer 403 for clock skew that a retry may outlive). A target the
+egress guard refuses (loopback, private, link-local, this host; executor_agent/net/egress.py) is an
+UploadError at once, never retried.
 
 Cancellation-safe: the session closes in `async with`, the zip is an unnamed O_TMPFILE file, and
 the zipping thread is stopped and awaited before its descriptors close (see `blocking`).
@@ -29,6 +31,7 @@ import aiohttp
 
 from executor_agent.fs.blocking import run_cancellable
 from executor_agent.fs.safepath import UnsafePathError, open_regular_file, split_relative_path
+from executor_agent.net.egress import PUBLIC_ONLY, EgressPolicy, EgressRefused, guarded_session
 from executor_agent.outputs.outzip import OutputZipError, list_output_files, write_output_zip
 from horde_protocol.uploads import (
     OUTPUT_UPLOAD_MAX_SIZE_BYTES,
@@ -67,6 +70,7 @@ class UploadLimits:
     max_header_line_bytes: int = 8190  # response status line / header field
     max_header_count: int = 128
     temp_dir: Path | None = None  # where the zip is built; None = the parent of output_dir
+    egress: EgressPolicy = PUBLIC_ONLY  # where uploads may connect; default: public addresses only
 
 
 # ---- one HTTP request with retries -----------------------------------------------------------
@@ -118,6 +122,8 @@ async def _send(session: aiohttp.ClientSession, method: str, url: str, make_body
             last = f"no response within {limits.request_timeout_s:g} s"
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise UploadError(f"{what}: not a usable http(s) URL ({exc})") from None
+        except EgressRefused as exc:
+            raise UploadError(f"{what}: {exc}") from None
         except aiohttp.ClientError as exc:
             last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if attempt < limits.attempts:
@@ -239,9 +245,9 @@ async def _upload_multi(session: aiohttp.ClientSession, upload: MultiUpload, roo
 
 
 def _open_session(limits: UploadLimits) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
+    return guarded_session(
+        limits.egress,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s),
-        trust_env=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         max_line_size=limits.max_header_line_bytes,
         max_field_size=limits.max_header_line_bytes,

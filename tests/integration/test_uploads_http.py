@@ -24,6 +24,7 @@ from horde_protocol.uploads import (
     ZipAndHttpPostUpload,
     ZipAndHttpPutUpload,
 )
+from tests.fixtures.egress import LOOPBACK_EGRESS
 from tests.fixtures.httpserver import (
     LocalHttpServer,
     RecordedRequest,
@@ -33,7 +34,8 @@ from tests.fixtures.httpserver import (
     start_server,
 )
 
-FAST = UploadLimits(retry_backoff_s=0.01, request_timeout_s=2.0)
+# the test server is on loopback, which uploads may not reach unless the allowlist says so
+FAST = UploadLimits(retry_backoff_s=0.01, request_timeout_s=2.0, egress=LOOPBACK_EGRESS)
 OK_HEADERS = {"ETag": '"abc"', "X-Amz-Request-Id": "req-1"}
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
 from horde_protocol.volumes import MultiVolume, SingleFileVolume, ZipUrlVolume
+from tests.fixtures.egress import LOOPBACK_EGRESS
 from tests.fixtures.httpserver import (
     LocalHttpServer,
     drip,
@@ -24,7 +25,8 @@ from tests.fixtures.httpserver import (
 )
 from tests.unit.test_volumes_inline import inline, make_zip
 
-FAST = VolumeLimits(retry_backoff_s=0.01, read_timeout_s=2.0, response_headers_timeout_s=2.0)
+# the test server is on loopback, which job URLs may not reach unless the allowlist says so
+FAST = VolumeLimits(retry_backoff_s=0.01, read_timeout_s=2.0, response_headers_timeout_s=2.0, egress=LOOPBACK_EGRESS)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
 from horde_protocol.volumes import HuggingfaceVolume
+from tests.fixtures.egress import LOOPBACK_EGRESS
 from tests.fixtures.httpserver import (
     LocalHttpServer,
     redirect,
@@ -28,13 +29,15 @@ def listing(files: dict[str, bytes], sha: str = SHA) -> web.Response:
 
 def mock_hub(server: LocalHttpServer, *, kind: str = "models", prefix: str = "", revision: str = "main",
              files: dict[str, bytes] = FILES) -> VolumeLimits:
+    """Routes of a fake Hub on `server` and limits pointing at it (on loopback: allowlisted explicitly)."""
+
     async def api(request: web.Request) -> web.StreamResponse:
         return listing(files)
 
     server.route("GET", f"/api/{kind}/org/repo/revision/{revision}", api)
     for name, data in files.items():
         server.route("GET", f"/{prefix}org/repo/resolve/{SHA}/{name}", serve_bytes(data))
-    return VolumeLimits(hf_endpoint=server.base_url, retry_backoff_s=0.01)
+    return VolumeLimits(hf_endpoint=server.base_url, retry_backoff_s=0.01, egress=LOOPBACK_EGRESS)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -81,7 +84,7 @@ async def test_dataset_and_space_urls(http_server: LocalHttpServer, tmp_path: Pa
 async def test_repo_not_found_is_not_retried(http_server: LocalHttpServer, tmp_path: Path) -> None:
     http_server.route("GET", "/api/models/org/missing/revision/main",
                       respond(401, b'{"error":"Repository not found"}', {"X-Error-Code": "RepoNotFound"}))
-    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01)
+    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01, egress=LOOPBACK_EGRESS)
     with pytest.raises(VolumeError, match="repository not found or not accessible"):
         await fetch_volume(HuggingfaceVolume(repo_id="org/missing"), tmp_path / "v", limits)
     assert len(http_server.requests) == 1
@@ -90,7 +93,7 @@ async def test_repo_not_found_is_not_retried(http_server: LocalHttpServer, tmp_p
 async def test_revision_not_found(http_server: LocalHttpServer, tmp_path: Path) -> None:
     http_server.route("GET", "/api/models/org/repo/revision/nope",
                       respond(404, headers={"X-Error-Code": "RevisionNotFound"}))
-    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01)
+    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01, egress=LOOPBACK_EGRESS)
     with pytest.raises(VolumeError, match="revision 'nope' not found"):
         await fetch_volume(HuggingfaceVolume(repo_id="org/repo", revision="nope"), tmp_path / "v", limits)
 
@@ -121,7 +124,7 @@ async def test_hostile_file_name_in_listing(http_server: LocalHttpServer, tmp_pa
         return listing({"../../evil": b"", "ok": b""})
 
     http_server.route("GET", "/api/models/org/repo/revision/main", api)
-    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01)
+    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01, egress=LOOPBACK_EGRESS)
     with pytest.raises(VolumeError, match="huggingface file name '../../evil'"):
         await fetch_volume(HuggingfaceVolume(repo_id="org/repo"), tmp_path / "job" / "v", limits)
     assert not any(tmp_path.rglob("evil"))
@@ -129,7 +132,7 @@ async def test_hostile_file_name_in_listing(http_server: LocalHttpServer, tmp_pa
 
 @pytest.mark.parametrize("repo_id", ["../etc", "org/../x", "org/repo/extra", "org/repo?x=1", ""])
 async def test_bad_repo_id_sends_nothing(http_server: LocalHttpServer, tmp_path: Path, repo_id: str) -> None:
-    limits = VolumeLimits(hf_endpoint=http_server.base_url)
+    limits = VolumeLimits(hf_endpoint=http_server.base_url, egress=LOOPBACK_EGRESS)  # so a stray request would show
     with pytest.raises(VolumeError, match="repo_id"):
         await fetch_volume(HuggingfaceVolume(repo_id=repo_id), tmp_path / "v", limits)
     assert http_server.requests == []
@@ -148,7 +151,8 @@ async def test_snapshot_byte_budget(http_server: LocalHttpServer, tmp_path: Path
 
 async def test_garbage_listing_is_retried_then_fails(http_server: LocalHttpServer, tmp_path: Path) -> None:
     http_server.route("GET", "/api/models/org/repo/revision/main", respond(200, b"<html>proxy error</html>"))
-    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01)
+    limits = VolumeLimits(hf_endpoint=http_server.base_url, retry_backoff_s=0.01, egress=LOOPBACK_EGRESS)
     with pytest.raises(VolumeError, match="failed after 3 attempts: .*unexpected response"):
         await fetch_volume(HuggingfaceVolume(repo_id="org/repo"), tmp_path / "v", limits)
     assert len(http_server.requests) == 3
+

@@ -1,0 +1,1 @@
+"""Outbound network access on behalf of a job (volume downloads and output uploads)."""
