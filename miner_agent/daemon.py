@@ -29,6 +29,7 @@ from miner_agent.receipts.maintenance import ReceiptMaintenance
 from miner_agent.receipts.receipt_store import ReceiptStore
 from miner_agent.server.admin import start_admin
 from miner_agent.server.app import build_app
+from miner_agent.server.conn_guard import KEEPALIVE_TIMEOUT_S, GuardedTCPSite
 from miner_agent.server.context import MinerContext
 from miner_agent.server.metrics_http import attach_gauges, start_metrics
 
@@ -80,12 +81,12 @@ class MinerAgent:
         self._admin = await start_admin(self.ctx, cfg.admin_socket)
         if cfg.miner.metrics_enabled:
             self._metrics, self.metrics_port = await start_metrics(self.ctx, cfg.miner.metrics_host, cfg.miner.metrics_port)
-        self._runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                                     keepalive_timeout=KEEPALIVE_TIMEOUT_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.miner.listen_host, cfg.miner.listen_port)
+        site = GuardedTCPSite(self._runner, cfg.miner.listen_host, cfg.miner.listen_port, self.ctx.guard)
         await site.start()
-        server = getattr(site, "_server", None)
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.miner.listen_port
+        self.port = site.port
         self.ctx.public_port = self.port
         await chain.start()  # after the bind: the axon announce needs the real port
         log.info(

@@ -34,6 +34,9 @@ class MinerSection(_Section):
     state_dir: Path = DEFAULT_STATE_DIR
     # How long a validator's auth timestamp stays valid (stock AUTH_MESSAGE_MAX_AGE).
     auth_max_age_s: int = Field(10, ge=1)
+    # How far ahead of our clock an auth timestamp may be; bounds how long a captured auth frame
+    # could be replayed (stock miners have no bound).
+    auth_max_future_s: int = Field(5, ge=0)
     # An executor whose link stays down this long has its running jobs failed
     # (V0HordeFailedRequest executor_disconnected); shorter drops are re-attached.
     executor_lost_after_s: float = Field(60.0, gt=0)
@@ -43,8 +46,10 @@ class MinerSection(_Section):
     metrics_enabled: bool = True
     # Local control socket for `miner-agent status/executors ...`; default <state_dir>/admin.sock.
     admin_socket: Path | None = None
-    # Largest websocket frame a validator may send; a full V0JobRequest with an inline volume is the big one.
-    max_frame_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Largest websocket frame an authenticated validator may send. The big frames are V0JobRequest /
+    # V0InitialJobRequest with an inline (base64 zip) volume; 50 MiB is the validators' own websocket
+    # max_size, so no stock peer exchanges a larger frame. Before auth a much smaller cap applies.
+    max_frame_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
 
 class WalletSection(_Section):

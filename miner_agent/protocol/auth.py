@@ -10,7 +10,10 @@ from collections.abc import Callable
 
 from horde_protocol.messages import ValidatorAuthForMiner
 
-AUTH_MAX_AGE_S = 10  # stock AUTH_MESSAGE_MAX_AGE; there is no upper bound on future timestamps
+AUTH_MAX_AGE_S = 10  # stock AUTH_MESSAGE_MAX_AGE
+# The stock miner has no upper bound, so a captured auth frame dated far ahead works as a bearer
+# token until then. Honest validators stamp `now`; this allows their clock to run a little fast.
+AUTH_MAX_FUTURE_S = 5
 
 
 def auth_blob(validator_hotkey: str, miner_hotkey: str, timestamp: int) -> str:
@@ -24,10 +27,13 @@ def check_auth(
     now: float,
     verify: Callable[[str, str, str], bool],
     max_age_s: int = AUTH_MAX_AGE_S,
+    max_future_s: int = AUTH_MAX_FUTURE_S,
 ) -> str | None:
-    """None when the handshake is good, else the reason (stock wording)."""
+    """None when the handshake is good, else the reason (stock wording where stock has one)."""
     if msg.timestamp < now - max_age_s:
         return "msg too old"
+    if msg.timestamp > now + max_future_s:
+        return f"msg from the future (timestamp {msg.timestamp} is more than {max_future_s} s ahead)"
     if msg.miner_hotkey != own_hotkey:
         return f"wrong miner hotkey ({own_hotkey}!={msg.miner_hotkey})"
     if msg.validator_hotkey != path_hotkey:

@@ -16,6 +16,7 @@ from miner_agent.keys import Signer
 from miner_agent.metrics import MinerMetrics
 from miner_agent.miner_config import MinerConfig
 from miner_agent.receipts.receipt_store import ReceiptStore
+from miner_agent.server.conn_guard import GuardEdge
 
 
 @dataclass
@@ -33,6 +34,8 @@ class MinerContext:
     public_port: int = 0  # the bound validator-facing port (config may say 0 = any)
     # Open validator websockets (server.validator_ws handlers), closed with 1001 at shutdown.
     validator_sockets: set[Any] = field(default_factory=set)
+    # Bounds on connections that have not authenticated (server.conn_guard).
+    guard: GuardEdge = field(default_factory=GuardEdge)
 
     def preload_images(self) -> list[str]:
         """Job images validators want preloaded (dynamic DYNAMIC_PRELOAD_DOCKER_JOB_IMAGES)."""

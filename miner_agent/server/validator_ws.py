@@ -33,12 +33,14 @@ from horde_protocol.messages import (
 from miner_agent.jobs.service import STORAGE_ERRORS
 from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
+from miner_agent.server.conn_guard import AUTH_TIMEOUT_S, PRE_AUTH_MAX_FRAME_BYTES, PRE_AUTH_QUEUE_BYTES
 from miner_agent.server.context import CTX, MinerContext
 
 log = logging.getLogger(__name__)
 
-AUTH_WAIT_S = 60.0  # a socket that never authenticates is closed after this long
-MAX_QUEUED_FRAMES = 32  # frames kept while waiting for the handshake
+MAX_QUEUED_FRAMES = 32  # frames kept while waiting for the handshake (and PRE_AUTH_QUEUE_BYTES in all)
+GARBAGE_CLOSE_AFTER = 32  # consecutive malformed frames: the peer is not speaking the protocol
+LOG_EVERY_S = 10.0  # per connection, at most one malformed-frame line per interval (with a count)
 DRAIN_TIMEOUT_S = 5.0  # on shutdown, how long frames being handled may take before sockets close
 SHUTDOWN_CLOSE_MESSAGE = b"miner-agent is shutting down"
 
@@ -71,10 +73,12 @@ async def validator_interface(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     peer = request.remote
     if not ctx.is_known_validator(hotkey):
-        log.warning("validator refused validator=%s peer=%s reason=unknown", hotkey, peer)
+        if (suppressed := _REFUSALS.allow(time.monotonic())) is not None:
+            log.warning("validator refused validator=%s peer=%s reason=unknown suppressed_since_last=%d",
+                        hotkey, peer, suppressed)
         await _refuse(ws, f"Unknown validator: {hotkey}")
         return ws
-    handler = _Handler(ctx, ws, hotkey)
+    handler = _Handler(ctx, ws, hotkey, request.transport)
     ctx.metrics.ws_open += 1
     ctx.validator_sockets.add(handler)
     try:
@@ -88,33 +92,76 @@ async def validator_interface(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _refuse(ws: web.WebSocketResponse, details: str) -> None:
-    await ws.send_str(GenericError(details=details).model_dump_json())
+    """Stock refusal: a GenericError saying why, then a normal close (1000)."""
+    if ws.closed:
+        return
+    try:
+        await ws.send_str(GenericError(details=details).model_dump_json())
+    except (ConnectionError, RuntimeError):
+        pass  # the peer is gone already; closing below cleans up
     await ws.close(code=WSCloseCode.OK)
 
 
+class LineBudget:
+    """At most one log line per `every_s`; `allow` says how many were held back since the last."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last = -float("inf")
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self._last < self.every_s:
+            self._held += 1
+            return None
+        held, self._held, self._last = self._held, 0, now
+        return held
+
+
+_REFUSALS = LineBudget()  # refusals of unknown hotkeys, across all connections
+
+
 class _Handler:
-    def __init__(self, ctx: MinerContext, ws: web.WebSocketResponse, hotkey: str) -> None:
-        self.ctx, self.ws, self.hotkey = ctx, ws, hotkey
+    def __init__(self, ctx: MinerContext, ws: web.WebSocketResponse, hotkey: str, transport: object) -> None:
+        self.ctx, self.ws, self.hotkey, self.transport = ctx, ws, hotkey, transport
         self.session: Session | None = None
         self.queued: list[tuple[ValidatorToMinerMessage, dict[str, Any]]] = []
+        self.queued_bytes = 0
         self.opened = time.monotonic()
         self.idle = asyncio.Event()  # clear while a received frame is being handled
         self.idle.set()
+        self.malformed_in_a_row = 0
+        self._malformed_lines = LineBudget()
 
     async def run(self) -> None:
-        async for frame in self.ws:
+        while not self.ws.closed:
+            try:
+                frame = await self.ws.receive(timeout=self._auth_time_left())
+            except TimeoutError:
+                # A timer, not the next frame, ends a socket that never authenticates.
+                await _refuse(self.ws, refusal_details(self.hotkey, "no auth message in time"))
+                return
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
             self.idle.clear()
             try:
                 if frame.type is WSMsgType.TEXT:
                     await self._on_text(frame.data)
                 elif frame.type is WSMsgType.BINARY:
                     await self._error("Malformed message: binary frames are not part of the protocol")
-                if self.session is None and time.monotonic() - self.opened > AUTH_WAIT_S and not self.ws.closed:
-                    await _refuse(self.ws, refusal_details(self.hotkey, "no auth message in time"))
             finally:
                 self.idle.set()
 
+    def _auth_time_left(self) -> float | None:
+        if self.session is not None:
+            return None
+        return max(0.001, self.opened + AUTH_TIMEOUT_S - time.monotonic())
+
     async def _on_text(self, text: str) -> None:
+        if self.session is None and len(text) > PRE_AUTH_MAX_FRAME_BYTES:
+            await _refuse(self.ws, f"Frame of {len(text)} bytes before authentication; the limit is "
+                                   f"{PRE_AUTH_MAX_FRAME_BYTES} bytes until ValidatorAuthForMiner succeeds")
+            return
         try:
             message, raw = parse_validator_frame(text)
         except ValidationError as exc:
@@ -123,32 +170,36 @@ class _Handler:
         except ValueError as exc:  # not JSON at all
             await self._error(f"Malformed message: {exc}")
             return
+        self.malformed_in_a_row = 0
         if isinstance(message, ValidatorAuthForMiner):
             await self._on_auth(message)
         elif self.session is None:
-            if len(self.queued) < MAX_QUEUED_FRAMES:
-                self.queued.append((message, raw))
-            else:
-                await self._error("Too many frames before authentication; dropped")
+            if len(self.queued) >= MAX_QUEUED_FRAMES or self.queued_bytes + len(text) > PRE_AUTH_QUEUE_BYTES:
+                await _refuse(self.ws, f"Too many frames before authentication (limit {MAX_QUEUED_FRAMES} frames, "
+                                       f"{PRE_AUTH_QUEUE_BYTES} bytes); send ValidatorAuthForMiner first")
+                return
+            self.queued.append((message, raw))
+            self.queued_bytes += len(text)
         else:
             await self._dispatch(message, raw)
 
     async def _on_auth(self, message: ValidatorAuthForMiner) -> None:
         if self.session is not None:
             return  # already authenticated on this socket; a repeated greeting changes nothing
-        reason = check_auth(
-            message, self.hotkey, self.ctx.signer.hotkey, time.time(), verify, self.ctx.config.miner.auth_max_age_s
-        )
+        cfg = self.ctx.config.miner
+        reason = check_auth(message, self.hotkey, self.ctx.signer.hotkey, time.time(), verify,
+                            cfg.auth_max_age_s, cfg.auth_max_future_s)
         if reason is not None:
             log.warning("validator refused validator=%s reason=%r", self.hotkey, reason)
             await _refuse(self.ws, refusal_details(self.hotkey, reason))
             return
         self.session = Session(self.ws, self.hotkey)
+        self.ctx.guard.guard.authenticated(self.transport)
         log.info("validator authenticated validator=%s", self.hotkey)
         manifest = V0ExecutorManifestRequest(manifest=self.ctx.fleet.manifest())
         await self.session.send_text(manifest.model_dump_json())
         await self.ctx.service.on_session(self.session)
-        queued, self.queued = self.queued, []
+        queued, self.queued, self.queued_bytes = self.queued, [], 0
         for queued_message, raw in queued:
             await self._dispatch(queued_message, raw)
 
@@ -174,7 +225,17 @@ class _Handler:
             await self._error(f"miner storage failure handling {message.kind()}: {exc}")
 
     async def _error(self, details: str) -> None:
-        log.warning("malformed frame validator=%s details=%r", self.hotkey, details[:500])
+        """Answer a frame we cannot use (stock: GenericError, socket kept); a peer that sends nothing
+        else is closed, and the log gets one line per LOG_EVERY_S with the count held back."""
+        self.malformed_in_a_row += 1
+        if (held := self._malformed_lines.allow(time.monotonic())) is not None:
+            log.warning("malformed frame validator=%s authenticated=%s held_back=%d details=%r",
+                        self.hotkey, self.session is not None, held, details[:500])
+        if self.malformed_in_a_row >= GARBAGE_CLOSE_AFTER:
+            log.warning("closing a socket that sends only malformed frames validator=%s frames=%d",
+                        self.hotkey, self.malformed_in_a_row)
+            await _refuse(self.ws, f"{details[:200]}; closing after {self.malformed_in_a_row} malformed frames in a row")
+            return
         await self.ws.send_str(GenericError(details=details).model_dump_json())
 
 

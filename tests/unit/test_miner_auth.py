@@ -7,7 +7,7 @@ from bittensor_wallet import Keypair
 from horde_protocol.messages import ValidatorAuthForMiner
 from horde_protocol.signing import sign_blob
 from miner_agent.keys import verify
-from miner_agent.protocol.auth import auth_blob, check_auth, refusal_details
+from miner_agent.protocol.auth import AUTH_MAX_FUTURE_S, auth_blob, check_auth, refusal_details
 
 VALIDATOR = Keypair.create_from_uri("//Alice")
 MINER = Keypair.create_from_uri("//Bob")
@@ -40,8 +40,13 @@ def test_ten_seconds_old_is_still_fresh_eleven_is_not() -> None:
     assert check(auth(ts=NOW - 11)) == "msg too old"
 
 
-def test_future_timestamps_pass_like_the_stock_miner() -> None:
-    assert check(auth(ts=NOW + 3600)) is None
+def test_a_clock_a_little_fast_passes_but_a_far_future_stamp_is_no_bearer_token() -> None:
+    """The stock miner accepts any future timestamp, so a captured frame dated an hour ahead keeps
+    authenticating for that hour. We allow AUTH_MAX_FUTURE_S of skew (issue 10 item 3)."""
+    assert AUTH_MAX_FUTURE_S == 5
+    assert check(auth(ts=NOW + 5)) is None
+    assert check(auth(ts=NOW + 6)) == f"msg from the future (timestamp {NOW + 6} is more than 5 s ahead)"
+    assert check(auth(ts=NOW + 3600)) is not None
 
 
 def test_wrong_miner_hotkey_names_both() -> None:
