@@ -21,6 +21,7 @@ from typing import BinaryIO, TypeVar
 import aiohttp
 from yarl import URL
 
+from executor_agent.inputs.volume_budget import VolumeBudget, VolumeBudgetExceeded
 from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
 from executor_agent.net.egress import EgressRefused, guarded_session
 
@@ -50,25 +51,39 @@ def display_url(url: str) -> str:
 
 
 class ByteBudget:
-    """Bytes allowed to one volume, shared by the concurrent downloads that fill it."""
+    """Bytes allowed to one volume, shared by the concurrent downloads that fill it, and charged
+    to the job's whole-volume budget (`shared`) too."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, shared: VolumeBudget | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.used_bytes = 0
+        self._shared = shared
 
     def check_declared(self, more_bytes: int, what: str) -> None:
         if self.used_bytes + more_bytes > self.limit_bytes:
             raise VolumeError(
                 f"Input volume too large: {what} declares {more_bytes} bytes, limit is {self.limit_bytes} bytes"
             )
+        if self._shared is not None:
+            try:
+                self._shared.check_declared(more_bytes)
+            except VolumeBudgetExceeded as exc:
+                raise VolumeError(f"Input volume too large: {what} declares {more_bytes} bytes and {exc}") from None
 
     def add(self, n: int, what: str) -> None:
         self.used_bytes += n
         if self.used_bytes > self.limit_bytes:
             raise VolumeError(f"Input volume too large: {what} sent more than {self.limit_bytes} bytes")
+        if self._shared is not None:
+            try:
+                self._shared.charge_bytes(n)
+            except VolumeBudgetExceeded as exc:
+                raise VolumeError(f"Input volume too large: {what}: {exc}") from None
 
     def release(self, n: int) -> None:
         self.used_bytes -= n
+        if self._shared is not None:
+            self._shared.release_bytes(n)
 
 
 class ThroughputGuard:

@@ -2,7 +2,7 @@
 
 The stock executor calls `huggingface_hub.snapshot_download`; we need only two endpoints, so we
 talk HTTP ourselves and keep the same guards as every other download (byte budget, timeouts, slow
-drip, retries, no writes outside `dest`, the egress guard):
+drip, retries, no writes outside `dest`, the egress guard, the job's shared volume budget):
 
 * `GET {hub}/api/{models|datasets|spaces}/{repo_id}/revision/{revision}` -> JSON with `sha` and
   `siblings: [{"rfilename": ...}]` (the listing `snapshot_download` itself uses);
@@ -28,6 +28,7 @@ import aiohttp
 from executor_agent.fs.safepath import UnsafePathError, create_file, open_dir, split_relative_path
 from executor_agent.inputs.http_fetch import ByteBudget, Retryable, check_status, download, read_limited, with_retries
 from executor_agent.inputs.safezip import FILE_MODE
+from executor_agent.inputs.volume_budget import VolumeBudget, VolumeBudgetExceeded
 from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
 from horde_protocol.paths import relative_path_problem
 from horde_protocol.volumes import HuggingfaceVolume
@@ -135,7 +136,7 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 
 async def fetch_huggingface(volume: HuggingfaceVolume, root_fd: int, session: aiohttp.ClientSession,
-                            limits: VolumeLimits) -> None:
+                            limits: VolumeLimits, shared: VolumeBudget | None = None) -> None:
     """Download the files of `volume.repo_id` matching `allow_patterns` into root/relative_path."""
     if volume.repo_type not in _REPO_KINDS:
         raise VolumeError(f"huggingface repo_type {volume.repo_type!r} is not one of model, dataset, space")
@@ -151,10 +152,15 @@ async def fetch_huggingface(volume: HuggingfaceVolume, root_fd: int, session: ai
     if len(wanted) > limits.hf_max_files:
         raise VolumeError(
             f"huggingface {volume.repo_id}: {len(wanted)} files, more than the limit of {limits.hf_max_files}")
+    if shared is not None:
+        try:
+            shared.charge_entries(len(wanted))
+        except VolumeBudgetExceeded as exc:
+            raise VolumeError(f"huggingface {volume.repo_id}: {len(wanted)} files, and {exc}") from None
 
     _, prefix = _REPO_KINDS[volume.repo_type]
     base = f"{limits.hf_endpoint.rstrip('/')}/{prefix}{volume.repo_id}/resolve/{quote(sha, safe='')}"
-    budget = ByteBudget(limits.hf_max_bytes)
+    budget = ByteBudget(limits.hf_max_bytes, shared)
     semaphore = asyncio.Semaphore(limits.max_concurrent_downloads)
     target = open_dir(root_fd, split_relative_path(volume.relative_path, what="relative_path", allow_root=True),
                       create=True)

@@ -4,8 +4,9 @@
 trusted: names must be plain relative paths, symlinks and device entries are refused, duplicates
 are refused, and sizes are what we count while writing, not what the headers claim. A zip bomb
 is stopped by three independent bounds: entry count, total extracted bytes, and extracted bytes
-per byte of archive (the compression ratio). Synchronous on purpose: the caller runs it in a
-thread and passes a `threading.Event` to stop it between chunks.
+per byte of archive (the compression ratio); an optional budget shared with the job's other
+volumes is charged as well, so many small archives cannot add up past it. Synchronous on purpose:
+the caller runs it in a thread and passes a `threading.Event` to stop it between chunks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from executor_agent.fs.blocking import Cancelled
 from executor_agent.fs.safepath import DIR_MODE, UnsafePathError, create_file, open_dir
@@ -37,6 +38,17 @@ class ZipLimits:
     max_entries: int
     max_compression_ratio: int  # extracted bytes allowed per byte of archive
     ratio_floor_bytes: int  # below this many extracted bytes the ratio is not checked
+
+
+class SharedBudget(Protocol):
+    """Bytes and entries this archive shares with others (see inputs/volume_budget.py); each
+    method raises once the budget is spent, and that exception leaves `extract_zip` unchanged."""
+
+    def check_declared(self, more_bytes: int) -> None: ...
+
+    def charge_bytes(self, n: int) -> None: ...
+
+    def charge_entries(self, n: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,8 @@ def _check_entry_type(info: zipfile.ZipInfo) -> None:
         raise ArchiveError(f"entry {info.filename!r}: encrypted entries are not supported")
 
 
-def _plan(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+def _plan(zf: zipfile.ZipFile, limits: ZipLimits,
+          shared: SharedBudget | None) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
     """Validate every entry before writing anything, so most hostile archives leave no trace."""
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
@@ -85,6 +98,9 @@ def _plan(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo,
         raise ArchiveError(
             f"archive declares {declared} bytes uncompressed, more than the limit of {limits.max_extracted_bytes}"
         )
+    if shared is not None:
+        shared.charge_entries(len(infos))
+        shared.check_declared(declared)
     seen: dict[tuple[str, ...], str] = {}
     plan = []
     for info in infos:
@@ -105,14 +121,17 @@ def _plan(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo,
 class _Budget:
     """Bytes written so far against both the absolute cap and the ratio cap."""
 
-    def __init__(self, limits: ZipLimits, archive_bytes: int) -> None:
+    def __init__(self, limits: ZipLimits, archive_bytes: int, shared: SharedBudget | None) -> None:
         self.written = 0
         self._cap = limits.max_extracted_bytes
         self._ratio_cap = max(limits.ratio_floor_bytes, limits.max_compression_ratio * archive_bytes)
         self._ratio = limits.max_compression_ratio
+        self._shared = shared
 
     def add(self, n: int, entry: str) -> None:
         self.written += n
+        if self._shared is not None:
+            self._shared.charge_bytes(n)
         if self.written > self._cap:
             raise ArchiveError(f"entry {entry!r}: extracted data exceeds the limit of {self._cap} bytes")
         if self.written > self._ratio_cap:
@@ -133,13 +152,14 @@ def _write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, parent_fd: int, nam
 
 
 def extract_zip(source: str | os.PathLike[str] | BinaryIO, archive_bytes: int, root_fd: int,
-                limits: ZipLimits, cancel: threading.Event) -> ExtractStats:
+                limits: ZipLimits, cancel: threading.Event, shared: SharedBudget | None = None) -> ExtractStats:
     """Extract `source` (a path or seekable binary file of `archive_bytes` bytes) beneath the
-    directory `root_fd`. Raises ArchiveError for anything hostile or broken."""
+    directory `root_fd`. Raises ArchiveError for anything hostile or broken, and whatever
+    `shared` raises when the archive would overspend it."""
     try:
         with zipfile.ZipFile(source) as zf:
-            plan = _plan(zf, limits)
-            budget = _Budget(limits, archive_bytes)
+            plan = _plan(zf, limits, shared)
+            budget = _Budget(limits, archive_bytes, shared)
             files = dirs = 0
             for info, parts in plan:
                 if cancel.is_set():
@@ -169,4 +189,4 @@ def extract_zip(source: str | os.PathLike[str] | BinaryIO, archive_bytes: int, r
         raise ArchiveError(f"entry name not usable on this filesystem: {exc.strerror}") from None
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "ArchiveError", "ExtractStats", "ZipLimits", "extract_zip"]
+__all__ = ["DIR_MODE", "FILE_MODE", "ArchiveError", "ExtractStats", "SharedBudget", "ZipLimits", "extract_zip"]

@@ -208,3 +208,32 @@ async def test_custom_handler_sees_no_cookies(http_server: LocalHttpServer, dest
     url = http_server.route("GET", "/c", set_cookie)
     await fetch_volume(SingleFileVolume(url=url, relative_path="f"), dest, FAST)
     assert "Cookie" not in http_server.requests[1].headers
+
+
+async def test_downloads_share_the_job_budget_and_a_zip_url_archive_is_given_back(
+        http_server: LocalHttpServer, dest: Path) -> None:
+    """Peak disk: the archive of a zip_url counts while it is extracted, and no longer after."""
+    import zipfile
+
+    archive = make_zip([("a.bin", os.urandom(1000))], compression=zipfile.ZIP_STORED)
+    single = os.urandom(3000)
+    volume = MultiVolume(volumes=[
+        ZipUrlVolume(contents=http_server.route("GET", "/v.zip", serve_bytes(archive)), relative_path="z"),
+        SingleFileVolume(url=http_server.route("GET", "/f", serve_bytes(single)), relative_path="f.bin"),
+    ])
+    # archive + its 1000 bytes while extracting; then 1000 + 3000: fits only if the archive is released
+    fits = max(len(archive) + 1000, 1000 + len(single))
+    assert fits < len(archive) + 1000 + len(single)
+    await fetch_volume(volume, dest, replace(FAST, max_volume_bytes=fits))
+    assert (dest / "f.bin").read_bytes() == single and (dest / "z" / "a.bin").stat().st_size == 1000
+    with pytest.raises(VolumeError, match=r"^Input volume too large: single_file http://127\.0\.0\.1:\d+/f declares "
+                                          rf"3000 bytes and all volumes of this job together exceed the limit of "
+                                          rf"{fits - 1} bytes$"):
+        await fetch_volume(volume, dest.parent / "again", replace(FAST, max_volume_bytes=fits - 1))
+    # no Content-Length to fail early on: the bytes themselves are counted as they arrive
+    volume.volumes[1] = SingleFileVolume(url=http_server.route("GET", "/g", serve_bytes(single, content_length=False)),
+                                         relative_path="f.bin")
+    with pytest.raises(VolumeError, match=r"^Input volume too large: single_file http://127\.0\.0\.1:\d+/g: all "
+                                          rf"volumes of this job together exceed the limit of {fits - 1} bytes$"):
+        await fetch_volume(volume, dest.parent / "third", replace(FAST, max_volume_bytes=fits - 1))
+    assert not (dest.parent / "third" / "f.bin").exists()

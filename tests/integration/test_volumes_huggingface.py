@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
-from horde_protocol.volumes import HuggingfaceVolume
+from horde_protocol.volumes import HuggingfaceVolume, MultiVolume
 from tests.fixtures.egress import LOOPBACK_EGRESS
 from tests.fixtures.httpserver import (
     LocalHttpServer,
@@ -18,6 +18,7 @@ from tests.fixtures.httpserver import (
     sequence,
     serve_bytes,
 )
+from tests.unit.test_volumes_inline import inline, make_zip
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 FILES = {"config.json": b"{}", "weights/model.safetensors": b"W" * 5000, "README.md": b"# hi", "sub/x.json": b"[]"}
@@ -156,3 +157,17 @@ async def test_garbage_listing_is_retried_then_fails(http_server: LocalHttpServe
         await fetch_volume(HuggingfaceVolume(repo_id="org/repo"), tmp_path / "v", limits)
     assert len(http_server.requests) == 3
 
+
+async def test_snapshot_shares_the_job_budget_with_the_other_volumes(http_server: LocalHttpServer,
+                                                                     tmp_path: Path) -> None:
+    limits = mock_hub(http_server)
+    code = inline(make_zip([(f"src/m{i}.py", b"pass\n") for i in range(6)]), "code")
+    volume = MultiVolume(volumes=[code, HuggingfaceVolume(repo_id="org/repo", relative_path="model")])
+    with pytest.raises(VolumeError, match=r"huggingface org/repo: 4 files, and all volumes of this job together "
+                                          r"have more than 8 files and directories"):
+        await fetch_volume(volume, tmp_path / "v", replace(limits, max_volume_entries=8))
+    size = sum(len(d) for d in FILES.values())
+    with pytest.raises(VolumeError, match="all volumes of this job together exceed the limit of"):
+        await fetch_volume(volume, tmp_path / "w", replace(limits, max_volume_bytes=6 * 5 + size - 1))
+    await fetch_volume(volume, tmp_path / "x", replace(limits, max_volume_bytes=6 * 5 + size, max_volume_entries=10))
+    assert files_under(tmp_path / "x" / "model") == FILES

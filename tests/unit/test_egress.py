@@ -15,6 +15,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from agent_common.tomlfile import ConfigError
 from executor_agent.executor_config import AgentConfig, load_config
 from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.inputs.volume_limits import JOB_VOLUME_MAX_BYTES, job_volume_limits
 from executor_agent.net.egress import (
     EgressPolicy,
     EgressRefused,
@@ -151,6 +152,14 @@ def test_config_key(tmp_path: Path) -> None:
     path.write_text('[egress]\nallow = ["127.0.0.1/8"]\n')
     with pytest.raises(ConfigError, match=r"egress\.allow: .*allow entry '127\.0\.0\.1/8'"):
         load_config(path)
+
+
+def test_job_volume_limits_follow_the_disk_limit() -> None:
+    policy = EgressPolicy.from_entries(["files.lan"])
+    limits = job_volume_limits(policy, disk_limit_mib=256)
+    assert (limits.max_volume_bytes, limits.egress) == (256 * 1024 * 1024, policy)
+    assert job_volume_limits(policy, disk_limit_mib=0).max_volume_bytes == JOB_VOLUME_MAX_BYTES
+    assert job_volume_limits(policy, disk_limit_mib=10**9).max_volume_bytes == JOB_VOLUME_MAX_BYTES
 
 
 # Every URL below is refused by the guard before a connection is tried: the messages name the
