@@ -22,6 +22,8 @@ from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import inline_zip
 from tests.fixtures.miner import sim_for
 
+pytestmark = pytest.mark.podman
+
 CLASS = "always_on.test"
 PROGRESS = ["V0AcceptJobRequest", "V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest"]
 

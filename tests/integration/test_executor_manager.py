@@ -21,6 +21,8 @@ from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor, Mana
 from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
 
+pytestmark = pytest.mark.podman
+
 CLASS = "always_on.test"
 EXAMPLE = "miner_agent.fleet.examples.subprocess_manager:SubprocessExecutorManager"
 

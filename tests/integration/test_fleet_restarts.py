@@ -48,6 +48,8 @@ from tests.integration.fleet_helpers import (
     types,
 )
 
+pytestmark = pytest.mark.podman
+
 MINER_AGENT = REPO_ROOT / ".venv" / "bin" / "miner-agent"
 MINER_START_TIMEOUT_S = 20.0
 LOST_AFTER_S = 5.0

@@ -38,6 +38,8 @@ from tests.integration.fleet_helpers import (
     types,
 )
 
+pytestmark = pytest.mark.podman
+
 KEEPALIVE_S, KEEPALIVE_COUNT = 1.0, 3  # the miner notices a silent host after about 3 s
 CUT_S = 7.0  # longer than the keepalive detection and than the rest of the job (sleep 4)
 LOST_AFTER_S = 5.0  # [miner] executor_lost_after_s for the host that never comes back

@@ -11,6 +11,8 @@ from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim
 from tests.fixtures.miner import run_cli, write_config
 
+pytestmark = pytest.mark.podman
+
 CLASS = "always_on.test"
 
 

@@ -38,7 +38,7 @@ devices:
       hostPath: /dev/null
 """
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.podman]
 
 state: dict[str, str] = {}
 
