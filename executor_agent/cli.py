@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agent_common.logs import setup_logging
+from agent_common.private import set_daemon_umask
 from executor_agent import __version__
 from executor_agent.executor_config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     setup_logging(args.log_level)
+    # Job dirs and sockets get their modes set explicitly where a container or the miner needs
+    # access; everything else (running.json with env and presigned URLs, events) is ours alone.
+    set_daemon_umask()
     from executor_agent.daemon.server import AgentStartError, serve
 
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from agent_common.private import make_private, private_open
+
 SCHEMA_VERSION = 2
 
 # Upgrades, by the version they lead to. 2: the job snapshot keeps the machine's progress and
@@ -71,6 +73,12 @@ CREATE TABLE IF NOT EXISTS job_messages (
 def open_db(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the database at `path` with the schema applied."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs' env, presigned URLs and receipts live here: 0600 before SQLite creates it (its -wal and
+    # -shm files copy the database file's mode), and tightened if an older version left it 0644.
+    if not path.exists():
+        private_open(path).close()
+    for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        make_private(existing)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from agent_common.logs import setup_logging
+from agent_common.private import set_daemon_umask
 from miner_agent import __version__
 from miner_agent.admin_client import AdminUnavailable
 from miner_agent.fleet.manager import ManagerLoadError
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     setup_logging("debug" if args.verbose else "info")
+    set_daemon_umask()  # everything the daemon writes (database, pages, sockets' dirs) is its own
     from miner_agent.daemon import serve
 
     try:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_common.private import private_open
 from miner_agent.jobs.machine import JobState
 from miner_agent.receipts.receipt_store import PAGE_TIME_S, ReceiptStore, page_of
 
@@ -45,7 +46,7 @@ class ReceiptMaintenance:
             if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
                 continue
             tmp = target.with_name(f".{target.name}.tmp")
-            with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=9) as dst:
+            with open(path, "rb") as src, private_open(tmp) as raw, gzip.open(raw, "wb", compresslevel=9) as dst:
                 dst.write(src.read())
             os.replace(tmp, target)
             written += 1

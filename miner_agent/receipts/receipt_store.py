@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_common.private import private_open
 from horde_protocol.receipts import JobStartedReceiptPayload, Receipt, ReceiptPayload, receipt_blob
 from miner_agent.keys import Signer, verify
 
@@ -122,7 +123,7 @@ class ReceiptStore:
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with private_open(tmp) as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

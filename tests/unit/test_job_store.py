@@ -76,3 +76,21 @@ def test_a_schema_1_row_is_upgraded_with_its_progress_from_the_messages_sent(tmp
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     (row,) = JobStore(conn).unfinished()
     assert (row.state, row.last_executor_seq, row.progress, row.deadline_unix) == (JobState.WAITING_FOR_PAYLOAD, 2, 1, 0.0)
+
+
+def test_the_database_is_private_even_under_a_lax_umask(tmp_path: Path) -> None:
+    """It holds jobs' env, presigned URLs and receipts: 0600, and an old 0644 file is tightened."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        conn = open_db(tmp_path / "miner.db")
+        JobStore(conn).save(_snapshot())
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        assert modes and set(modes.values()) == {0o600}, modes
+        conn.close()
+        (tmp_path / "legacy.db").touch(mode=0o644)
+        open_db(tmp_path / "legacy.db").close()
+        assert (tmp_path / "legacy.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

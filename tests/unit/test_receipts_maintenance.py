@@ -81,3 +81,19 @@ def test_a_failed_page_append_is_repaired_by_the_next_maintenance_run(tmp_path: 
     maintenance.run_once()
     assert "00000000-0000-4000-8000-000000000003" in page_path.read_text()
     assert store.stale_pages == set()
+
+
+def test_pages_and_archives_are_private_even_under_a_lax_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        store = _store(tmp_path)
+        _receipt(store, "00000000-0000-4000-8000-000000000004", datetime.now(UTC) - timedelta(seconds=2 * PAGE_TIME_S))
+        maintenance = ReceiptMaintenance(store.conn, store.pages_dir, store)
+        maintenance.archive(time.time() + 3 * PAGE_TIME_S)  # its page is done: archived as .gz
+        files = list(store.pages_dir.iterdir())
+        assert any(p.suffix == ".gz" for p in files) and any(p.suffix == ".jsonl" for p in files), files
+        assert {p.stat().st_mode & 0o777 for p in files} == {0o600}
+    finally:
+        os.umask(old)
