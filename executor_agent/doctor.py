@@ -6,12 +6,14 @@ will fail). The exit status is 1 when anything failed, so it can gate a deployme
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-from executor_agent.container.podman_engine import normalize_image
+from executor_agent.container.podman_engine import Podman
 from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, read_preload_list
 
@@ -21,16 +23,31 @@ MIN_FREE_DISK_BYTES = 20 * 1024**3  # a job image plus its volume and output nee
 DISK_WARN_PERCENT = 85
 
 Result = tuple[str, str]
+T = TypeVar("T")
+
+
+def _with_podman(config: AgentConfig, ask: Callable[[Podman], Awaitable[T]]) -> T:
+    """One question to the podman service through the agent's own engine facade."""
+
+    async def asking() -> T:
+        engine = Podman(config.podman_url)
+        try:
+            return await ask(engine)
+        finally:
+            await engine.close()
+
+    return asyncio.run(asking())
+
+
+async def _ping_and_version(engine: Podman) -> str | None:
+    return await engine.version() if await engine.ping() else None
 
 
 def check_podman(config: AgentConfig) -> Result:
-    from podman import PodmanClient
-
     try:
-        with PodmanClient(base_url=config.podman_url) as client:
-            if not client.ping():
-                return "FAIL", f"podman API at {config.podman_url} does not answer; systemctl enable --now podman.socket"
-            version = client.version().get("Version", "?")
+        version = _with_podman(config, _ping_and_version)
+        if version is None:
+            return "FAIL", f"podman API at {config.podman_url} does not answer; systemctl enable --now podman.socket"
     except Exception as exc:  # any failure to talk to it is the finding
         return "FAIL", f"podman API at {config.podman_url}: {type(exc).__name__}: {exc}; " \
                        "systemctl enable --now podman.socket, or fix podman_url"
@@ -79,14 +96,15 @@ def _mentions_gpu(path: Path) -> bool:
 
 
 def check_images(config: AgentConfig) -> Result:
-    from podman import PodmanClient
-
     listed = list(dict.fromkeys([*config.preload.images, *read_preload_list(config.jobs_dir.parent / PRELOAD_LIST_FILE)]))
     if not listed:
         return "warn", "no preload list yet: run `executor-agent preload` (the timer does it hourly)"
+
+    async def missing_of(engine: Podman) -> list[str]:
+        return [ref for ref in listed if not await engine.image_exists(ref)]
+
     try:
-        with PodmanClient(base_url=config.podman_url) as client:
-            missing = [ref for ref in listed if not client.images.exists(normalize_image(ref))]
+        missing = _with_podman(config, missing_of)
     except Exception as exc:
         return "FAIL", f"cannot list images: {type(exc).__name__}: {exc}"
     if missing:

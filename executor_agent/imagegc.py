@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor_agent.container.podman_engine import ImageInfo, Podman, RunnerError, normalize_image
+from executor_agent.container.engine import EngineError, ImageInfo
+from executor_agent.container.job_spec import normalize_image
+from executor_agent.container.podman_engine import Podman
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,7 @@ class ImageGc:
             self.usage.touch_ref(ref, now)
         try:
             disk: DiskUsage | None = await asyncio.to_thread(self.disk_usage, await self.podman.graph_root())
-        except (OSError, RunnerError) as exc:
+        except (OSError, EngineError) as exc:
             log.warning("image gc cannot measure the image disk error=%s", exc)
             disk = None
         plan = plan_gc(images, now=now, usage=self.usage.times, protected_refs=[*self.protected_refs(), *active],
@@ -229,7 +231,7 @@ class ImageGc:
             try:
                 for ref in image.names or (image.image_id,):
                     await self.podman.remove_image(ref)
-            except RunnerError as exc:  # e.g. a container started with it since we listed
+            except EngineError as exc:  # e.g. a container started with it since we listed
                 errors += 1
                 log.warning("image gc kept image=%s reason=%s error=%s", image.names[:1] or image.image_id[:12],
                             removal.reason, str(exc).replace("\n", " ")[:200])

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from executor_agent.container.podman_engine import normalize_image
+from executor_agent.container.job_spec import normalize_image
 from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE
 from horde_protocol.dynamic_config import PRELOAD_IMAGES_KEY, DynamicConfigFormatError, current_value

@@ -14,6 +14,9 @@ Podman 4.3 gotchas handled here (see test-environment.md §1):
   into a bounded `LogCapture` instead (a job may print gigabytes).
 * an unresolvable CDI device (no GPU spec in /etc/cdi) fails at *start* with a 500 whose
   text names CDI: we raise `CdiUnavailable` so the job reports what to fix.
+
+This module is the only importer of podman-py: its errors become the engine's own
+(`container/engine.py`) here, and `Podman` is the `ContainerEngine` the agent runs with.
 """
 
 from __future__ import annotations
@@ -23,27 +26,29 @@ import ipaddress
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import podman
 import requests
-from podman.errors import APIError, NotFound, PodmanError
+from podman.errors import ImageNotFound, NotFound, PodmanError
 
+from executor_agent.container.engine import (
+    CdiUnavailable,
+    ContainerState,
+    EngineError,
+    EngineNotFound,
+    ImageInfo,
+)
+from executor_agent.container.job_spec import JOB_LABEL, JobContainerSpec, normalize_image
 from executor_agent.outputs.collect import FrameDecoder, LogCapture
 
 log = logging.getLogger(__name__)
 
-JOB_LABEL = "io.computehorde.job-uuid"
 WAIT_SLICE_S = 1.0  # longest one blocking podman wait may hold a worker thread
 MIN_WAIT_SLICE_S = 0.05
 WAIT_POLL_INTERVAL = "20ms"  # podman-py's default of 250 ms adds up to a quarter second per job
 KILL_WAIT_S = 10.0  # after SIGKILL the container must be gone from `running` within this bound
 NOT_RUNNING_TEXTS = ("can only kill running containers", "not running", "state improper")
-CDI_ALL_GPUS = "nvidia.com/gpu=all"
-GPU_PRESET_DEVICES: dict[str, list[str]] = {"nvidia_all": [CDI_ALL_GPUS], "none": []}
-MIB = 1024 * 1024
 LOG_READ_CHUNK_BYTES = 256 * 1024  # one read from the log stream; frames are sliced out of it
 NETWORK_PREFIX_LEN = 24  # one /24 per streaming job network
 NETWORK_CREATE_ATTEMPTS = 64  # subnets tried before giving up (others are held by other networks)
@@ -67,128 +72,34 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
-class RunnerError(Exception):
-    """Podman could not do what we asked (infrastructure fault, not the job's)."""
-
-
-class UnknownPreset(RunnerError):
-    pass
-
-
-class CdiUnavailable(RunnerError):
-    """A CDI device (the GPU) was asked for but podman has no spec that provides it."""
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """One image in local storage, as the image GC sees it."""
-
-    image_id: str
-    names: tuple[str, ...]  # repo:tag names; empty for a dangling image
-    digests: tuple[str, ...]  # repo@sha256:... names
-    size_bytes: int
-    created_unix: float
-
-
-def normalize_image(ref: str) -> str:
-    """Append `:latest` to an untagged reference, as the stock executor does.
-
-    A colon in the last path component is a tag; one before a slash is a registry port
-    (`localhost:5000/img`); a digest (`@sha256:...`) needs no tag.
-    """
-    if "@" in ref:
-        return ref
-    last = ref.rsplit("/", 1)[-1]
-    return ref if ":" in last else f"{ref}:latest"
-
-
-@dataclass(frozen=True)
-class JobContainerSpec:
-    """What a job container needs; built from the V0JobRequest by the daemon."""
-
-    job_uuid: str
-    image: str
-    command: list[str]
-    volume_dir: Path
-    output_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    gpu_preset: str = "none"
-    artifacts_dir: Path | None = None  # host side of the bind
-    artifacts_target: str | None = None  # container side (V0JobRequest.artifacts_dir)
-    script_path: Path | None = None  # host file mounted at /script.py
-    memory_limit_mib: int = 0
-    pids_limit: int = 0
-    shm_size_mib: int = 0
-    network: str | None = None  # an internal podman network (streaming jobs); None = no network at all
-
-    def create_kwargs(self) -> dict[str, Any]:
-        """podman-py `containers.create` keyword arguments (pure, unit-testable)."""
-        if self.gpu_preset not in GPU_PRESET_DEVICES:
-            raise UnknownPreset(f"unknown docker_run_options_preset {self.gpu_preset!r}")
-        mounts: list[dict[str, Any]] = [
-            _bind(self.volume_dir, "/volume", read_only=True),
-            _bind(self.output_dir, "/output", read_only=False),
-        ]
-        if self.artifacts_dir is not None and self.artifacts_target:
-            mounts.append(_bind(self.artifacts_dir, self.artifacts_target, read_only=False))
-        if self.script_path is not None:
-            mounts.append(_bind(self.script_path, "/script.py", read_only=True))
-        kwargs: dict[str, Any] = {
-            "image": normalize_image(self.image),
-            "labels": {JOB_LABEL: self.job_uuid},
-            "name": f"ch-{self.job_uuid}-job",
-            "mounts": mounts,
-            "environment": dict(self.env),
-            "devices": list(GPU_PRESET_DEVICES[self.gpu_preset]),
-        }
-        if self.network:
-            kwargs["networks"] = {self.network: {}}
-        else:
-            kwargs["network_mode"] = "none"
-        if self.command:
-            kwargs["command"] = list(self.command)
-        if self.memory_limit_mib:
-            kwargs["mem_limit"] = self.memory_limit_mib * MIB
-            kwargs["memswap_limit"] = self.memory_limit_mib * MIB
-        if self.pids_limit:
-            kwargs["pids_limit"] = self.pids_limit
-        if self.shm_size_mib:
-            kwargs["shm_size"] = self.shm_size_mib * MIB
-        return kwargs
-
-
-def _bind(source: Path, target: str, *, read_only: bool) -> dict[str, Any]:
-    return {"type": "bind", "source": str(source), "target": target, "read_only": read_only}
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    container_id: str
-    status: str  # created, running, exited, ...
-    exit_code: int | None
-
-
 class Podman:
-    """Async facade over one podman API service. Methods translate podman errors into
-    RunnerError once, here, so callers handle a single exception type."""
+    """Async facade over one podman API service; a `ContainerEngine`. Every podman-py and
+    requests error is translated once, in `_call`, into EngineError (EngineNotFound for a
+    404), so no caller knows podman's exception types."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._client = podman.PodmanClient(base_url=url)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        what = f"podman {getattr(fn, '__name__', fn)}"
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except NotFound:
-            raise
-        except (PodmanError, OSError) as exc:
-            raise RunnerError(f"podman {getattr(fn, '__name__', fn)}: {exc}") from exc
+        except (NotFound, ImageNotFound) as exc:
+            raise EngineNotFound(f"{what}: {exc}") from exc
+        except (PodmanError, OSError) as exc:  # podman-py's APIError is a requests error, hence an OSError
+            raise EngineError(f"{what}: {exc}") from exc
 
     async def ping(self) -> bool:
         try:
             return bool(await self._call(self._client.ping))
-        except (RunnerError, NotFound):
+        except EngineError:
             return False
+
+    async def version(self) -> str:
+        """The podman version the service reports (for `executor-agent doctor`)."""
+        info = await self._call(self._client.version)
+        return str((info or {}).get("Version", "?"))
 
     async def image_exists(self, image: str) -> bool:
         return bool(await self._call(self._client.images.exists, normalize_image(image)))
@@ -204,7 +115,7 @@ class Podman:
         try:
             async with asyncio.timeout(timeout_s):
                 await self._call(self._client.images.pull, repo, tag=tag or None)
-        except (RunnerError, NotFound, TimeoutError) as exc:
+        except (EngineError, TimeoutError) as exc:
             log.warning("image pull failed image=%s error=%s", ref, str(exc).replace("\n", " ")[:200])
             return False
         return await self.image_exists(ref)
@@ -220,7 +131,7 @@ class Podman:
         container = await self._call(self._client.containers.create, **kwargs)
         try:
             await self._call(container.start)
-        except (RunnerError, NotFound) as exc:
+        except EngineError as exc:
             await self.remove(container.id)
             if "CDI" in str(exc):
                 raise CdiUnavailable(str(exc)) from exc
@@ -241,7 +152,7 @@ class Podman:
             try:
                 return int(await self._call(container.wait, condition="exited", interval=WAIT_POLL_INTERVAL,
                                             timeout=max(MIN_WAIT_SLICE_S, min(WAIT_SLICE_S, left))))
-            except RunnerError as exc:
+            except EngineError as exc:
                 if not _timed_out(exc):
                     raise
         return None
@@ -251,9 +162,9 @@ class Podman:
         try:
             container = await self._get(container_id)
             await self._call(container.kill, signal="SIGKILL")
-        except NotFound:
+        except EngineNotFound:
             return
-        except RunnerError as exc:
+        except EngineError as exc:
             # podman 4.3 answers 500 "can only kill running containers ... state improper"
             if not any(text in str(exc) for text in NOT_RUNNING_TEXTS):
                 raise
@@ -307,7 +218,7 @@ class Podman:
     async def state(self, container_id: str) -> ContainerState | None:
         try:
             container = await self._get(container_id)
-        except NotFound:
+        except EngineNotFound:
             return None
         st = container.attrs.get("State", {})
         code = st.get("ExitCode")
@@ -317,7 +228,7 @@ class Podman:
         """Force-remove; a container that is already gone is fine."""
         try:
             await self._call(self._client.containers.remove, container_id, force=True)
-        except NotFound:
+        except EngineNotFound:
             pass
 
     async def job_containers(self, job_uuid: str | None = None) -> list[ContainerState]:
@@ -353,7 +264,7 @@ class Podman:
     async def image_id(self, ref: str) -> str | None:
         try:
             image = await self._call(self._client.images.get, normalize_image(ref))
-        except NotFound:
+        except EngineNotFound:
             return None
         return str(image.id)
 
@@ -362,7 +273,7 @@ class Podman:
         uses stays. A name that is already gone is fine."""
         try:
             await self._call(self._client.images.remove, ref, force=False)
-        except NotFound:
+        except EngineNotFound:
             pass
 
     async def graph_root(self) -> str:
@@ -385,16 +296,16 @@ class Podman:
                                  labels={JOB_LABEL: job_uuid},
                                  subnets=[{"subnet": str(subnet), "gateway": str(next(subnet.hosts()))}])
                 return str(subnet)
-            except RunnerError as exc:
+            except EngineError as exc:
                 if "already" not in str(exc) and "overlap" not in str(exc):
                     raise
-        raise RunnerError(f"no free /{NETWORK_PREFIX_LEN} in subnet pool {subnet_pool}; widen [streaming] subnet_pool")
+        raise EngineError(f"no free /{NETWORK_PREFIX_LEN} in subnet pool {subnet_pool}; widen [streaming] subnet_pool")
 
     async def remove_network(self, name: str) -> None:
         """Remove a network; one that is already gone is fine."""
         try:
             await self._call(self._client.networks.remove, name, force=True)
-        except NotFound:
+        except EngineNotFound:
             pass
 
     async def network_exists(self, name: str) -> bool:
@@ -418,15 +329,4 @@ class Podman:
         await asyncio.to_thread(self._client.close)
 
 
-__all__ = [
-    "APIError",
-    "CdiUnavailable",
-    "ImageInfo",
-    "ContainerState",
-    "JOB_LABEL",
-    "JobContainerSpec",
-    "NotFound",
-    "Podman",
-    "RunnerError",
-    "normalize_image",
-]
+__all__ = ["JOB_LABEL", "Podman"]  # JOB_LABEL: tests find job containers by it

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_common.logs import set_job_fields
-from executor_agent.container.podman_engine import JOB_LABEL, CdiUnavailable, JobContainerSpec, Podman, UnknownPreset
+from executor_agent.container.engine import CdiUnavailable
+from executor_agent.container.job_spec import JOB_LABEL, JobContainerSpec, UnknownPreset
+from executor_agent.container.podman_engine import Podman
 from executor_agent.container.tls_proxy import HEALTH_FAILED_MESSAGE, StreamingError
 from executor_agent.daemon.deadline import (
     DOWNLOAD,
@@ -34,7 +36,7 @@ from executor_agent.daemon.jobdirs import JobDirs, chmod_tree, disk_use
 from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
 from executor_agent.daemon.streaming_job import HealthCheckFailed, StreamingSession
 from executor_agent.executor_config import AgentConfig, ImagePolicy
-from executor_agent.inputs.volume_fetch import VolumeError, VolumeLimits, fetch_volume
+from executor_agent.inputs.volume_fetch import VolumeError, fetch_volume, job_volume_limits
 from executor_agent.outputs import collect as outputs
 from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
 from executor_agent.plugins.job_runner import JobContext, JobRunner
@@ -234,7 +236,9 @@ class JobRun:
         volume = request.volume if request.volume is not None else self.initial.volume
         if volume is not None:
             try:
-                await fetch_volume(volume, self.dirs.volume, VolumeLimits())
+                limits = job_volume_limits(self.config.egress.policy,
+                                           disk_limit_mib=self.config.container.disk_limit_mib)
+                await fetch_volume(volume, self.dirs.volume, limits)
             except VolumeError as exc:
                 raise JobFailure(JobFailureReason.DOWNLOAD_FAILED, f"Download failed: {exc}") from exc
             await asyncio.to_thread(chmod_tree, self.dirs.volume)
@@ -424,7 +428,8 @@ class JobRun:
         upload_results: dict[str, str] = {}
         if request.output_upload is not None:
             try:
-                upload_results = await upload_outputs(request.output_upload, self.dirs.output, UploadLimits())
+                upload_limits = UploadLimits(egress=self.config.egress.policy)
+                upload_results = await upload_outputs(request.output_upload, self.dirs.output, upload_limits)
             except UploadError as exc:
                 raise JobFailure(JobFailureReason.UPLOAD_FAILED, "Upload failed", exit_status=exit_code,
                                  stdout=short_out, stderr=short_err) from exc

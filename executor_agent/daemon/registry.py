@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from executor_agent.container.podman_engine import NotFound, Podman
+from executor_agent.container.engine import EngineNotFound
+from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
 from executor_agent.daemon.job import JobDirs, JobRun
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
@@ -144,7 +145,7 @@ class JobRegistry:
         for container in await self.podman.job_containers():
             try:
                 job_uuid = await self.podman.job_label_of(container.container_id)
-            except NotFound:
+            except EngineNotFound:
                 continue  # removed since the listing (by the agent that owns it, or an operator)
             entry = self.jobs.get(job_uuid or "")
             if entry is not None and entry.events.finished:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent.container.podman_engine import JobContainerSpec, Podman, normalize_image
+from executor_agent.container.job_spec import JobContainerSpec, normalize_image
+from executor_agent.container.podman_engine import Podman
 from tests.fixtures.podman import containers_with_label
 
 pytestmark = pytest.mark.podman

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from executor_agent.container.podman_engine import ImageInfo
+from executor_agent.container.engine import ImageInfo
 from executor_agent.imagegc import ID_KEY_PREFIX, DiskUsage, GcPolicy, ImageUsage, canonical_ref, plan_gc
 from executor_agent.plugins.job_runner import JobRunnerError, load_job_runner
 

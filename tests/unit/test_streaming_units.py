@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import ValidationError
 
-from executor_agent.container.podman_engine import JobContainerSpec
+from executor_agent.container.job_spec import JobContainerSpec
 from executor_agent.container.tls_proxy import make_server_cert
 from executor_agent.executor_config import AgentConfig, StreamingSettings
 from miner_agent.miner_config import LocalExecutor, MinerConfig, SshExecutor, streaming_address
