@@ -68,6 +68,7 @@ build_one() {  # $1 = package name (also its command, unit and config name)
   install -m 0644 "$PKGDIR/deb/$pkg/$pkg.toml" "$stage/etc/$pkg/$pkg.toml"
   install -m 0644 "$PKGDIR/deb/copyright" "$stage/usr/share/doc/$pkg/copyright"
   install -m 0644 "$REPO/README.md" "$stage/usr/share/doc/$pkg/README.md"
+  install -D -m 0644 -t "$stage/usr/share/doc/$pkg/docs" "$REPO"/docs/*.md   # the README's links
   install -m 0644 "$PKGDIR/deb/$pkg/conffiles" "$stage/DEBIAN/conffiles"
   install -m 0755 "$PKGDIR/deb/$pkg/postinst" "$PKGDIR/deb/$pkg/prerm" "$PKGDIR/deb/$pkg/postrm" "$stage/DEBIAN/"
   case $pkg in

@@ -62,7 +62,7 @@ jobs_dir = "$QS/jobs"
 podman_url = "unix://$QS/run/podman.sock"
 TOML
 [ -f "$QS/miner-agent.toml" ] || cat >"$QS/miner-agent.toml" <<TOML
-# Quickstart miner: every key not set here keeps its embedded default (README, 'Configuration').
+# Quickstart miner: every key not set here keeps its embedded default (docs/configuration.md).
 [miner]
 state_dir = "$QS/state"
 
