@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from horde_protocol.link_frames import Event, decode_up, encode
+from horde_protocol.link_frames import Event, decode_up, encode, is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class EventLog:
         self.finished = False
         for event in self.read():
             self.last_seq = event.seq
-            self.finished = self.finished or _is_terminal(event)
+            self.finished = self.finished or is_terminal(event)
 
     def append(self, event: Event) -> None:
         """Write one event durably enough to replay it; seqs must grow by exactly one."""
@@ -44,7 +44,7 @@ class EventLog:
         finally:
             os.close(fd)
         self.last_seq = event.seq
-        self.finished = self.finished or _is_terminal(event)
+        self.finished = self.finished or is_terminal(event)
 
     def read(self, since_seq: int = 0) -> list[Event]:
         """Events with seq > since_seq. A torn last line (crash mid-write) is skipped."""
@@ -65,8 +65,3 @@ class EventLog:
                 events.append(frame)
         return events
 
-
-def _is_terminal(event: Event) -> bool:
-    from horde_protocol.link_frames import is_terminal
-
-    return is_terminal(event)

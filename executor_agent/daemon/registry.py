@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from executor_agent.container.engine import EngineNotFound
-from executor_agent.container.podman_engine import Podman
+from executor_agent.daemon.deps import JobDeps
 from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
-from executor_agent.daemon.job import JobDirs, JobRun
+from executor_agent.daemon.job import JobRun
+from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
 from executor_agent.daemon.streaming_job import network_name
-from executor_agent.executor_config import AgentConfig
-from horde_protocol.enums import HordeFailureReason, JobParticipantType
-from horde_protocol.link_frames import Event, JobSummary, Payload, Submit
-from horde_protocol.messages import V0HordeFailedRequest
+from horde_protocol.enums import HordeFailureReason, JobParticipantType, JobStage
+from horde_protocol.link_frames import AgentToMinerFrame, Event, JobSummary, Payload, Submit
+from horde_protocol.messages import (
+    ExecutorToMinerMessage,
+    Outcome,
+    V0HordeFailedRequest,
+    V0InitialJobRequest,
+    V0JobFailedRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ DETACH_TIMEOUT_S = 10.0  # agent stop waits this long for job tasks (and a runni
 
 
 class Subscriber(Protocol):
-    def deliver(self, frame: Any) -> None: ...
+    def deliver(self, frame: AgentToMinerFrame) -> None: ...
 
 
 class RegistryError(Exception):
@@ -66,10 +70,20 @@ class JobEntry:
 
 @dataclass
 class Counters:
+    """Jobs submitted here, and how they ended (logged when the agent stops)."""
+
     submitted: int = 0
     finished: int = 0
-    failed: int = 0
-    horde_failed: int = 0
+    failed: int = 0  # the job's fault (V0JobFailedRequest)
+    horde_failed: int = 0  # ours: a horde failure, or any other failed outcome
+
+    def count(self, terminal: ExecutorToMinerMessage) -> None:
+        if terminal.outcome is Outcome.FINISHED:
+            self.finished += 1
+        elif isinstance(terminal, V0JobFailedRequest):
+            self.failed += 1
+        else:
+            self.horde_failed += 1
 
 
 def check_job_uuid(job_uuid: str) -> str:
@@ -84,14 +98,16 @@ def check_job_uuid(job_uuid: str) -> str:
 
 
 class JobRegistry:
-    def __init__(self, config: AgentConfig, podman: Podman, clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
-        self.podman = podman
-        self.clock = clock
+    """Every job this host knows. `deps` (built once by AgentServices) goes to each JobRun."""
+
+    def __init__(self, deps: JobDeps) -> None:
+        self.deps = deps
+        self.config = deps.config
+        self.engine = deps.engine
+        self.clock = deps.clock
         self.jobs: dict[str, JobEntry] = {}
         self.counters = Counters()
         self._reapers: set[asyncio.Task[None]] = set()
-        self.job_options: dict[str, Any] = {}  # runner, specs, image_used: set by AgentServices
 
     # --- loading -------------------------------------------------------------------
 
@@ -119,14 +135,15 @@ class JobRegistry:
             await self._reap_finished()
         for entry in [e for e in self.jobs.values() if not e.events.finished and e.run is None]:
             state = load_running_state(entry.dirs.root)
-            containers = await self.podman.job_containers(entry.job_uuid)
+            containers = await self.engine.job_containers(entry.job_uuid)
             if state is not None and any(c.container_id == state.container_id for c in containers):
                 self._start_run(entry, state.initial, resume=state)
                 continue
             for container in containers:
-                await self.podman.remove(container.container_id)
+                await self.engine.remove(container.container_id)
             last = entry.events.read()
-            stage = "execution" if state is not None else ("volume_download" if last else "executor_startup")
+            stage = (JobStage.EXECUTION if state is not None
+                     else JobStage.VOLUME_DOWNLOAD if last else JobStage.EXECUTOR_STARTUP).value
             self.publish(entry, V0HordeFailedRequest(
                 job_uuid=entry.job_uuid, reported_by=JobParticipantType.EXECUTOR,
                 reason=HordeFailureReason.GENERIC_ERROR, message=RESTART_MESSAGE.format(stage=stage),
@@ -142,15 +159,15 @@ class JobRegistry:
         """Remove labelled containers of jobs that already ended here (a stop during
         cleanup, or a crash). Containers of jobs we have no dir for are left alone: they
         may belong to another agent sharing this podman service."""
-        for container in await self.podman.job_containers():
+        for container in await self.engine.job_containers():
             try:
-                job_uuid = await self.podman.job_label_of(container.container_id)
+                job_uuid = await self.engine.job_label_of(container.container_id)
             except EngineNotFound:
                 continue  # removed since the listing (by the agent that owns it, or an operator)
             entry = self.jobs.get(job_uuid or "")
             if entry is not None and entry.events.finished:
                 log.info("reaping container job=%s container=%s", job_uuid, container.container_id[:12])
-                await self.podman.remove(container.container_id)
+                await self.engine.remove(container.container_id)
 
     async def _reap_networks(self) -> None:
         """Remove the streaming networks of jobs that ended here while the agent was down
@@ -159,15 +176,15 @@ class JobRegistry:
             return
         for entry in self.jobs.values():
             name = network_name(entry.job_uuid)
-            if entry.events.finished and await self.podman.network_exists(name):
+            if entry.events.finished and await self.engine.network_exists(name):
                 log.info("reaping network job=%s network=%s", entry.job_uuid, name)
-                await self.podman.remove_network(name)
+                await self.engine.remove_network(name)
 
-    def _start_run(self, entry: JobEntry, initial: Any, resume: RunningState | None = None) -> None:
-        async def emit(message: Any) -> None:
+    def _start_run(self, entry: JobEntry, initial: V0InitialJobRequest, resume: RunningState | None = None) -> None:
+        async def emit(message: ExecutorToMinerMessage) -> None:
             self.publish(entry, message)
 
-        entry.run = JobRun(initial, entry.dirs, self.config, self.podman, emit, self.clock, **self.job_options)
+        entry.run = JobRun(initial, entry.dirs, self.deps, emit)
         task = entry.run.start(resume)
         task.add_done_callback(lambda _t: self._run_done(entry))
 
@@ -235,7 +252,7 @@ class JobRegistry:
 
     # --- events --------------------------------------------------------------------
 
-    def publish(self, entry: JobEntry, message: Any) -> Event:
+    def publish(self, entry: JobEntry, message: ExecutorToMinerMessage) -> Event:
         """Number, log, then fan out one upward message (in that order, always)."""
         event = Event(job_uuid=entry.job_uuid, seq=entry.events.last_seq + 1, message=message)
         entry.events.append(event)
@@ -244,13 +261,7 @@ class JobRegistry:
         if entry.events.finished:
             entry.subscribers.clear()
             entry.finished_at = self.clock()
-            kind = message.message_type
-            if kind == "V0JobFinishedRequest":
-                self.counters.finished += 1
-            elif kind == "V0JobFailedRequest":
-                self.counters.failed += 1
-            else:
-                self.counters.horde_failed += 1
+            self.counters.count(message)
         log.info("event job=%s seq=%d type=%s", entry.job_uuid, event.seq, message.message_type)
         return event
 

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -25,6 +24,7 @@ from executor_agent.daemon.services import AgentServices, JobRunnerError
 from executor_agent.executor_config import AgentConfig
 from horde_protocol.link_frames import (
     MAX_FRAME_BYTES,
+    AgentToMinerFrame,
     Attach,
     Cancel,
     Hello,
@@ -57,10 +57,10 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.registry = registry
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue: asyncio.Queue[AgentToMinerFrame] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
 
-    def deliver(self, frame: Any) -> None:
+    def deliver(self, frame: AgentToMinerFrame) -> None:
         self.queue.put_nowait(frame)
 
     async def serve(self) -> None:
@@ -157,8 +157,8 @@ class ExecutorAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.podman = Podman(config.podman_url)
-        self.registry = JobRegistry(config, self.podman)
         self.services: AgentServices | None = None  # specs, image GC, job-runner plugin; built in start()
+        self.registry: JobRegistry | None = None  # built by the services, which hand it the jobs' deps
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[Connection, asyncio.Task[None]] = {}
 
@@ -172,9 +172,10 @@ class ExecutorAgent:
         except OSError as exc:
             raise AgentStartError(f"{exc.filename}: {exc.strerror}") from None
         try:
-            self.services = AgentServices(self.config, self.podman, self.registry)
+            self.services = AgentServices(self.config, self.podman)
         except JobRunnerError as exc:
             raise AgentStartError(str(exc)) from None
+        self.registry = self.services.registry
         self.registry.load_existing()
         await self.registry.recover()
         self.services.start()
@@ -193,6 +194,7 @@ class ExecutorAgent:
             raise OSError(17, "exists and is not a socket; remove it or change socket_path", str(path))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.registry is not None  # the socket listens only once start() built it
         connection = Connection(reader, writer, self.registry)
         task = asyncio.current_task()
         assert task is not None
@@ -214,7 +216,7 @@ class ExecutorAgent:
             await asyncio.wait(list(self._connections.values()), timeout=CONNECTION_CLOSE_TIMEOUT_S)
         if self.services is not None:
             await self.services.stop()
-        left = await self.registry.detach_all()
+        left = await self.registry.detach_all() if self.registry is not None else 0
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -239,6 +241,7 @@ async def serve(config: AgentConfig) -> None:
             _notify("WATCHDOG=1")
     _notify("STOPPING=1")
     left = await agent.stop()
+    assert agent.registry is not None
     c = agent.registry.counters
     log.info("agent stopped submitted=%d finished=%d failed=%d horde_failed=%d left_running=%d",
              c.submitted, c.finished, c.failed, c.horde_failed, left)

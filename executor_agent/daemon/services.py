@@ -1,9 +1,10 @@
 """The agent's helpers beside the job registry: machine specs, image GC, the job-runner plugin.
 
-`AgentServices` builds them from the config, hands what each job needs to the registry
-(`registry.job_options`, passed to every JobRun), and runs the two periodic tasks
-(specs refresh, image GC) until the agent stops. Both periodic tasks work in worker
-threads or through the podman API, so the event loop never waits on a probe.
+`AgentServices` builds them from the config, puts what each job needs into one frozen
+`JobDeps` (built here, once), builds the registry that hands it to every JobRun, and
+runs the two periodic tasks (specs refresh, image GC) until the agent stops. Both
+periodic tasks work in worker threads or through the podman API, so the event loop
+never waits on a probe.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 
 from executor_agent.container.podman_engine import Podman
+from executor_agent.daemon.deps import JobDeps
 from executor_agent.daemon.registry import JobRegistry
 from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, USAGE_FILE, ImageGc, ImageUsage, policy_from, read_preload_list
@@ -24,20 +26,21 @@ log = logging.getLogger(__name__)
 
 
 class AgentServices:
-    def __init__(self, config: AgentConfig, podman: Podman, registry: JobRegistry) -> None:
+    def __init__(self, config: AgentConfig, podman: Podman) -> None:
         """Raises JobRunnerError (a one-line config problem) when the plugin cannot load."""
         self.config = config
-        self.registry = registry
         self.runner: JobRunner = (load_job_runner(config.job_runner, config.job_runner_options)
                                   if config.job_runner else JobRunner(config.job_runner_options))
         self.specs = SpecsCache(sources_from_config(config))
         state_dir = config.jobs_dir.parent
         self.usage = ImageUsage(state_dir / USAGE_FILE)
         self.preload_list_path = state_dir / PRELOAD_LIST_FILE
+        self.deps = JobDeps(config=config, engine=podman, runner=self.runner, specs=self.specs,
+                            image_used=self.image_used)
+        self.registry = JobRegistry(self.deps)
         self.image_gc = ImageGc(podman, policy_from(config.image_gc), self.usage,
                                 protected_refs=self.protected_refs, active_refs=self.active_refs)
         self._tasks: list[asyncio.Task[None]] = []
-        registry.job_options = {"runner": self.runner, "specs": self.specs, "image_used": self.image_used}
 
     def protected_refs(self) -> list[str]:
         """The preload list: the config's images plus what the last preload run wrote."""

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from executor_agent.container import tls_proxy as tls
-from executor_agent.container.podman_engine import Podman
+from executor_agent.container.engine import ContainerEngine
 from executor_agent.executor_config import StreamingSettings
 from horde_protocol.structs import StreamingDetails
 
@@ -38,12 +38,12 @@ def network_name(job_uuid: str) -> str:
 
 
 class StreamingSession:
-    def __init__(self, job_uuid: str, details: StreamingDetails, settings: StreamingSettings, podman: Podman,
+    def __init__(self, job_uuid: str, details: StreamingDetails, settings: StreamingSettings, engine: ContainerEngine,
                  job_root: Path) -> None:
         self.job_uuid = job_uuid
         self.details = details
         self.settings = settings
-        self.podman = podman
+        self.engine = engine
         self.ssl_dir = job_root / "ssl"
         self.network = network_name(job_uuid)
         self.cert: tls.ServerCert | None = None
@@ -57,8 +57,8 @@ class StreamingSession:
     async def create_network(self) -> None:
         """A fresh internal network for the job container; a leftover of an earlier run of
         the same job (agent crash) is removed first."""
-        await self.podman.remove_network(self.network)
-        subnet = await self.podman.create_internal_network(self.network, self.job_uuid, self.settings.subnet_pool)
+        await self.engine.remove_network(self.network)
+        subnet = await self.engine.create_internal_network(self.network, self.job_uuid, self.settings.subnet_pool)
         log.info("streaming network created job=%s network=%s subnet=%s", self.job_uuid, self.network, subnet)
         self._network_made = True
 
@@ -81,7 +81,7 @@ class StreamingSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONTAINER_IP_TIMEOUT_S
         while True:
-            ip = await self.podman.container_ip(container_id, self.network)
+            ip = await self.engine.container_ip(container_id, self.network)
             if ip:
                 return ip
             if loop.time() > deadline:
@@ -96,7 +96,7 @@ class StreamingSession:
             if await tls.health_ok(job_ip):
                 log.info("streaming job healthy job=%s", self.job_uuid)
                 return
-            state = await self.podman.state(container_id)
+            state = await self.engine.state(container_id)
             if state is None or state.status in ("exited", "stopped", "dead"):
                 raise HealthCheckFailed(state.exit_code if state is not None else None)
             if loop.time() + self.settings.health_poll_interval_s > deadline:
@@ -112,7 +112,7 @@ class StreamingSession:
             self.proxy = None
         if remove_network:
             try:
-                await self.podman.remove_network(self.network)
+                await self.engine.remove_network(self.network)
             except Exception:  # noqa: BLE001 - logged; cleanup goes on
                 log.warning("network removal failed job=%s network=%s", self.job_uuid, self.network, exc_info=True)
         await asyncio.to_thread(tls.remove_ssl_dir, self.ssl_dir)
