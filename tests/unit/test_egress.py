@@ -9,6 +9,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp.connector as aiohttp_connector
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -163,7 +164,8 @@ def test_job_volume_limits_follow_the_disk_limit() -> None:
 
 
 # Every URL below is refused by the guard before a connection is tried: the messages name the
-# address, and none of them needs a network (169.254.169.254 would otherwise hang on connect).
+# address, and none of them needs a network. Should the guard ever let one through,
+# `no_connections` fails the test instead of letting a packet leave for 169.254.169.254.
 REFUSED_URLS = [
     ("http://127.0.0.1:9100/metrics", r"127\.0\.0\.1:9100: a loopback"),
     ("http://[::1]:9100/metrics", r"\[::1\]:9100: a loopback"),
@@ -178,6 +180,17 @@ REFUSED_URLS = [
 NO_RETRY = VolumeLimits(connect_timeout_s=1.0, attempts=3, retry_backoff_s=5.0)  # a retry would show as a delay
 
 
+@pytest.fixture
+def no_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp opens every TCP connection through aiohappyeyeballs.start_connection."""
+
+    async def refuse(addr_infos: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the egress guard let a connection through to {addr_infos}")
+
+    monkeypatch.setattr(aiohttp_connector.aiohappyeyeballs, "start_connection", refuse)
+
+
+@pytest.mark.usefixtures("no_connections")
 @pytest.mark.parametrize(("url", "message"), REFUSED_URLS)
 async def test_literal_volume_urls_are_refused(tmp_path: Path, url: str, message: str) -> None:
     with pytest.raises(VolumeError, match=rf"^single_file http.*: refused to connect to {message}"):
@@ -187,13 +200,15 @@ async def test_literal_volume_urls_are_refused(tmp_path: Path, url: str, message
         await fetch_volume(ZipUrlVolume(contents=url), tmp_path / "volume", NO_RETRY)
 
 
+@pytest.mark.usefixtures("no_connections")
 async def test_huggingface_endpoint_is_guarded_too(tmp_path: Path) -> None:
     limits = replace(NO_RETRY, hf_endpoint="http://169.254.169.254")
     with pytest.raises(VolumeError, match=r"huggingface org/repo listing: refused to connect to 169\.254\.169\.254:80"):
         await fetch_volume(HuggingfaceVolume(repo_id="org/repo"), tmp_path / "volume", limits)
 
 
-@pytest.mark.parametrize(("url", "message"), REFUSED_URLS[:6])
+@pytest.mark.usefixtures("no_connections")
+@pytest.mark.parametrize(("url", "message"), REFUSED_URLS)
 async def test_literal_upload_urls_are_refused(tmp_path: Path, url: str, message: str) -> None:
     output = tmp_path / "output"
     output.mkdir()
