@@ -8,6 +8,7 @@ order of the messages, the single terminal one, and who kills or keeps the conta
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pytest
 
 from executor_agent.container.engine import ContainerEngine, ContainerState, EngineNotFound
 from executor_agent.container.job_spec import JOB_LABEL
+from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.deps import JobDeps
 from executor_agent.daemon.job import JobRun, Stage
 from executor_agent.daemon.jobdirs import JobDirs
@@ -393,3 +395,13 @@ async def test_registry_numbers_events_and_counts_outcomes_from_the_models(tmp_p
     assert (c.submitted, c.finished, c.failed, c.horde_failed) == (3, 1, 1, 1)
     assert registry.active_count() == 0
     await registry.detach_all()
+
+
+@pytest.mark.parametrize("engine", [Podman, FakeEngine])
+def test_engines_have_exactly_the_protocol_signatures(engine: type) -> None:
+    """typing.Protocol is checked by type checkers only; this keeps Podman and the fake honest at test time."""
+    methods = [name for name, value in vars(ContainerEngine).items() if inspect.iscoroutinefunction(value)]
+    assert "start_container" in methods and "job_label_of" in methods
+    for name in methods:
+        assert inspect.iscoroutinefunction(getattr(engine, name)), name
+        assert inspect.signature(getattr(engine, name)) == inspect.signature(getattr(ContainerEngine, name)), name
