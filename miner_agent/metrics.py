@@ -98,11 +98,14 @@ class MinerMetrics:
     stage_duration: Histogram = field(default_factory=lambda: Histogram(
         "miner_agent_stage_duration_seconds", "Job stage durations seen by the miner, by stage and class",
         STAGE_BUCKETS_S))
+    validator_frames: Counter = field(default_factory=lambda: Counter(
+        "miner_agent_validator_frames_total",
+        "Websocket frames received on the validator port, by whether the socket was authenticated and the frame parsed"))
     gauges: list[Gauge] = field(default_factory=list)
     ws_open: int = 0
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.jobs, self.accept_latency, self.stage_duration, *self.gauges):
+        for metric in (self.jobs, self.accept_latency, self.stage_duration, self.validator_frames, *self.gauges):
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

@@ -148,6 +148,7 @@ class _Handler:
                 if frame.type is WSMsgType.TEXT:
                     await self._on_text(frame.data)
                 elif frame.type is WSMsgType.BINARY:
+                    self.ctx.metrics.validator_frames.inc(authenticated="yes" if self.session else "no", parsed="binary")
                     await self._error("Malformed message: binary frames are not part of the protocol")
             finally:
                 self.idle.set()
@@ -158,18 +159,23 @@ class _Handler:
         return max(0.001, self.opened + AUTH_TIMEOUT_S - time.monotonic())
 
     async def _on_text(self, text: str) -> None:
+        authenticated = "yes" if self.session is not None else "no"
         if self.session is None and len(text) > PRE_AUTH_MAX_FRAME_BYTES:
+            self.ctx.metrics.validator_frames.inc(authenticated=authenticated, parsed="too_large")
             await _refuse(self.ws, f"Frame of {len(text)} bytes before authentication; the limit is "
                                    f"{PRE_AUTH_MAX_FRAME_BYTES} bytes until ValidatorAuthForMiner succeeds")
             return
         try:
             message, raw = parse_validator_frame(text)
         except ValidationError as exc:
+            self.ctx.metrics.validator_frames.inc(authenticated=authenticated, parsed="no")
             await self._error(malformed_details(exc))
             return
         except ValueError as exc:  # not JSON at all
+            self.ctx.metrics.validator_frames.inc(authenticated=authenticated, parsed="no")
             await self._error(f"Malformed message: {exc}")
             return
+        self.ctx.metrics.validator_frames.inc(authenticated=authenticated, parsed="yes")
         self.malformed_in_a_row = 0
         if isinstance(message, ValidatorAuthForMiner):
             await self._on_auth(message)
