@@ -84,6 +84,8 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    # Ended jobs' env and presigned URLs are scrubbed by an UPDATE: zero the old bytes, not just unlink them.
+    conn.execute("PRAGMA secure_delete=ON")
     found = conn.execute("PRAGMA user_version").fetchone()[0]
     fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name='jobs'").fetchone() is None
     conn.executescript(_SCHEMA)

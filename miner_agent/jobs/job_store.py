@@ -66,7 +66,7 @@ class JobStore:
                 " initial_json, request_json, last_executor_seq, progress, deadline_unix, created_unix, updated_unix)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(job_uuid) DO UPDATE SET executor_name=excluded.executor_name,"
-                " executor_endpoint=excluded.executor_endpoint, state=excluded.state,"
+                " executor_endpoint=excluded.executor_endpoint, state=excluded.state, initial_json=excluded.initial_json,"
                 " request_json=excluded.request_json, last_executor_seq=excluded.last_executor_seq,"
                 " progress=excluded.progress, deadline_unix=excluded.deadline_unix, updated_unix=excluded.updated_unix",
                 (s.job_uuid, s.validator_hotkey, s.executor_class, s.executor_name, s.executor_endpoint, s.state.value,

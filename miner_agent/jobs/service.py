@@ -112,12 +112,18 @@ class Job:
         return details.executor_ip if details is not None else None
 
     def snapshot(self) -> JobSnapshot:
+        """The row to store. Once the job has ended nothing reads its requests again, so the
+        stored copies lose what may be secret: the job's env, volume and upload URLs (presigned)."""
         m = self.machine
+        initial, request = self.initial, self.request
+        if m.state.terminal:
+            initial = initial.model_copy(update={"volume": None})
+            request = None
         return JobSnapshot(
             job_uuid=m.job_uuid, validator_hotkey=self.validator, executor_class=self.executor_class,
-            executor_name=self.executor_name, state=m.state, initial_json=self.initial.model_dump_json(),
+            executor_name=self.executor_name, state=m.state, initial_json=initial.model_dump_json(),
             created_unix=self.created_unix,
-            request_json=self.request.model_dump_json() if self.request is not None else None,
+            request_json=request.model_dump_json() if request is not None else None,
             last_executor_seq=self.last_executor_seq, executor_endpoint=self.executor_endpoint,
             progress=m.progress, deadline_unix=m.deadline,
         )

@@ -243,3 +243,26 @@ async def test_status_json_and_executors_list_show_a_running_job(e2e_config, sta
     assert code_list == 0 and listing.splitlines()[0].split() == ["EXECUTOR", "CLASS", "MODE", "LINK", "JOBS", "LAST",
                                                                 "ERROR"]
     assert listing.splitlines()[1].split()[:5] == ["local", CLASS, "local", "up", "1/1"]
+
+
+async def test_an_ended_jobs_secrets_are_not_kept_in_the_miners_state(e2e_config, start_miner, executor_agent,
+                                                                      busybox_image, validator_key) -> None:
+    """The job's env and its volume URL (presigned in real life) are scrubbed from the database once
+    the job has ended, old row versions included (secure_delete + a WAL checkpoint)."""
+    from miner_agent.receipts.maintenance import ReceiptMaintenance
+
+    agent = await _ready_miner(start_miner, e2e_config)
+    sim = sim_for(agent, validator_key)
+    secret = "s3cr3t-token-7f3a9c"
+    volume = inline_zip({"in.txt": secret.encode()[::-1]})  # inline content that is recognisable too
+    initial, request = _job(sim, busybox_image, ["sh", "-c", "test -n \"$TOKEN\" && echo ok"], volume=volume)
+    request = request.model_copy(update={"env": {"TOKEN": secret}})
+    received = await sim.run_job(initial, request)
+    assert received[-1].type == "V0JobFinishedRequest", received[-1].message
+    row = agent.ctx.service.jobs_db.get(str(initial.job_uuid))
+    assert row is not None and row.request_json is None and '"volume":null' in row.initial_json
+    ReceiptMaintenance(agent.ctx.receipts.conn, agent.ctx.receipts.pages_dir).run_once()
+    state = e2e_config.miner.state_dir
+    leaked = [p for p in state.rglob("*") if p.is_file() and (secret.encode() in p.read_bytes()
+                                                              or volume.contents.encode()[:40] in p.read_bytes())]
+    assert leaked == []
