@@ -21,7 +21,7 @@ import pytest
 from horde_protocol.messages import V0ExecutorManifestRequest, V0JobRequest, V0MainHotkeyMessage
 from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim, inline_zip
-from tests.fixtures.miner import sim_for
+from tests.fixtures.miner import echo_job_finishes, sim_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
@@ -156,9 +156,4 @@ async def test_ten_thousand_fuzzed_frames_before_and_after_auth(miner_config, st
 
     async with await sim.connect() as session:  # the port still serves, and a good job still runs
         assert isinstance((await session.recv(5)).message, V0ExecutorManifestRequest)
-    initial = sim.initial_request("always_on.test", busybox_image)
-    request = V0JobRequest(job_uuid=initial.job_uuid, executor_class="always_on.test", docker_image=busybox_image,
-                           docker_run_options_preset="none", docker_run_cmd=["echo", "survived"])
-    received = await sim.run_job(initial, request)
-    assert received[-1].type == "V0JobFinishedRequest", received[-1].message
-    assert received[-1].message.docker_process_stdout == "survived\n"
+    await echo_job_finishes(sim, busybox_image, "survived")

@@ -16,13 +16,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from horde_protocol.messages import V0ExecutorManifestRequest, V0JobRequest
+from horde_protocol.messages import V0ExecutorManifestRequest
 from miner_agent.keys import load_hotkey
 from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim
 from miner_agent.server import validator_ws
 from miner_agent.server.conn_guard import PRE_AUTH_MAX_FRAME_BYTES, UNAUTH_PER_ADDRESS
-from tests.fixtures.miner import sim_for, write_config
+from tests.fixtures.miner import echo_job_finishes, sim_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -219,12 +219,7 @@ async def test_2000_hostile_idle_sockets_do_not_lock_out_a_validator(miner_confi
         assert isinstance(first.message, V0ExecutorManifestRequest), first
         assert first.message.manifest == {"always_on.test": 1}, first.message
         assert took < MANIFEST_WITHIN_S, f"manifest after {took:.2f} s under a flood"
-        initial = sim.initial_request("always_on.test", busybox_image)
-        request = V0JobRequest(job_uuid=initial.job_uuid, executor_class="always_on.test", docker_image=busybox_image,
-                               docker_run_options_preset="none", docker_run_cmd=["echo", "still serving"])
-        received = await sim.run_job(initial, request)
-        assert received[-1].type == "V0JobFinishedRequest", received[-1].message
-        assert received[-1].message.docker_process_stdout == "still serving\n"
+        await echo_job_finishes(sim, busybox_image, "still serving")
         assert "unauthenticated connections dropped" in log_path.read_text()
     finally:
         for writer in hostile:
