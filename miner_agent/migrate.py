@@ -140,7 +140,7 @@ def convert(servers: dict[str, dict[str, str]], env: dict[str, str] | None = Non
     vendor = vendor_dir or (Path(env["HOST_VENDOR_DIR"]) if env.get("HOST_VENDOR_DIR") else None)
     default_class = env.get("DEFAULT_EXECUTOR_CLASS") or DEFAULT_EXECUTOR_CLASS.value
     lines = [f"# Converted from {source} by `miner-agent config import-docker-config`.",
-             "# Keys not written here keep their defaults (README, 'Configuration').", ""]
+             "# Keys not written here keep their defaults (docs/configuration.md).", ""]
     if env.get("BITTENSOR_MINER_PORT"):
         lines += ["[miner]", f"listen_port = {int(env['BITTENSOR_MINER_PORT'])}   # BITTENSOR_MINER_PORT", ""]
     wallet = [(k, env[e]) for k, e in (("path", "BITTENSOR_WALLET_DIRECTORY"), ("name", "BITTENSOR_WALLET_NAME"),

@@ -1,6 +1,6 @@
 """The miner agent's configuration: one TOML file, every key optional but the wallet.
 
-The models here are the single source of truth for keys and defaults; the README's
+The models here are the single source of truth for keys and defaults; docs/configuration.md's
 configuration table mirrors them. Loading turns every problem into one line that
 names the key and the file (`ConfigError`), never a traceback.
 """
@@ -168,7 +168,7 @@ class MinerConfig(_Section):
 
 def load_config(path: Path) -> MinerConfig:
     """Read and validate the TOML file; raises ConfigError with one actionable line."""
-    return load_model(path, MinerConfig, "create it (see README, 'Configuration')")
+    return load_model(path, MinerConfig, "create it (see docs/configuration.md)")
 
 
 __all__ = ["ConfigError", "ExecutorEntry", "LocalExecutor", "MinerConfig", "SshExecutor", "load_config"]

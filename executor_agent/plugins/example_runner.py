@@ -1,4 +1,4 @@
-"""An example job-runner plugin that uses every hook (see plugin.py and the README, "Job-runner plugins").
+"""An example job-runner plugin that uses every hook (see job_runner.py and docs/plugins.md, "Job-runner plugins").
 
 Enable it in /etc/executor-agent/executor-agent.toml::
 

@@ -1,5 +1,5 @@
 """Chain duties of the miner: validator list, axon announce, manifest commitment, main hotkey,
-dynamic configuration. See README-chain.md in this directory.
+dynamic configuration. See docs/chain.md.
 
 Importing this package never imports bittensor; only BittensorChain does, on first use.
 """

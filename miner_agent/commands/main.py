@@ -30,7 +30,7 @@ examples:
   miner-agent demo-job --config miner.toml --validator-wallet-path ./wallets --validator-wallet validator
       act as a validator from the allowlist and send one small job through this miner
 
-configuration keys and their defaults are listed in the README, section 'Configuration'.
+configuration keys and their defaults are listed in docs/configuration.md.
 """
 
 
