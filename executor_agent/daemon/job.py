@@ -22,6 +22,7 @@ from executor_agent.daemon.deadline import STAGE_TIMEOUT_MESSAGES, Deadline, NoT
 from executor_agent.daemon.deps import JobDeps
 from executor_agent.daemon.failures import HordeFailure, JobFailure
 from executor_agent.daemon.job_container import ContainerResult, JobContainer
+from executor_agent.daemon.job_fields import FieldProblem, initial_problem, request_problem
 from executor_agent.daemon.job_io import deliver_outputs, fetch_inputs
 from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.daemon.recovery import RunningState, drop_running_state, save_running_state
@@ -190,6 +191,7 @@ class JobRun:
             budgets = StageBudgets.from_initial(self.initial.executor_timing, self.initial.timeout_seconds)
         except NoTiming as exc:
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR, str(exc)) from None
+        self._refuse_invalid(initial_problem(self.initial))
         self.dirs.create()
         if self.initial.docker_image:
             await self.container.ensure_image(await self._hook("image", lambda: self.runner.image(self.context(None))))
@@ -229,10 +231,19 @@ class JobRun:
 
     async def _download(self) -> V0JobRequest:
         request = await self.payload
+        self._refuse_invalid(request_problem(request, self.initial))
         await fetch_inputs(self.initial, request, self.dirs, self.deps.config)
         await self.container.ensure_image(await self._hook("image", lambda: self.runner.image(self.context(request))))
         await self._emit(V0VolumesReadyRequest(job_uuid=self.job_uuid))
         return request
+
+    def _refuse_invalid(self, problem: FieldProblem | None) -> None:
+        """A malformed field is the job author's mistake: fail the job naming it, before
+        podman or a download turns it into an error that reads as ours."""
+        if problem is not None:
+            log.info("job request refused job=%s stage=%s field=%s", self.job_uuid, self.work_stage.value,
+                     problem.field)
+            raise JobFailure(problem.reason, problem.message)
 
     def context(self, request: V0JobRequest | None) -> JobContext:
         return JobContext(job_uuid=self.job_uuid, initial=self.initial, request=request, job_dir=self.dirs.root,

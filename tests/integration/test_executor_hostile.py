@@ -192,3 +192,23 @@ async def test_cleanup_removes_or_keeps_container_and_dirs(agent_config: AgentCo
         finally:
             for cid in left:
                 podman_cli("rm", "-f", cid)
+
+
+async def test_env_key_with_equals_is_the_jobs_failure(link_client: LinkClient, busybox_image: str) -> None:
+    # podman 4.3 would start it with A = "B=x"; newer podman refuses the container, which read as our failure
+    job_uuid, events = await run_job(link_client, busybox_image, ["env"], env={"A=B": "x", "OK": "1"})
+    failed = events[-1].message
+    assert types(events) == ["V0ExecutorReadyRequest", "V0JobFailedRequest"]
+    assert (failed.reason, failed.stage) == ("unknown", "volume_download")
+    assert failed.message == "Invalid job request: env key 'A=B' contains '='; a variable name cannot hold it"
+    assert failed.docker_process_exit_status is None
+    assert containers_with_label(job_uuid) == []  # refused before any container existed
+
+
+async def test_invalid_image_reference_fails_the_job_at_startup(link_client: LinkClient, busybox_image: str) -> None:
+    job_uuid = str(uuid.uuid4())
+    await link_client.send(Submit(job_uuid=job_uuid, initial=initial(job_uuid, "Not A/Valid:Ref:x")))
+    (event,) = await link_client.recv_events(job_uuid)
+    failed = event.message
+    assert (failed.message_type, failed.reason, failed.stage) == ("V0JobFailedRequest", "unknown", "executor_startup")
+    assert failed.message.startswith("Invalid job request: docker_image 'Not A/Valid:Ref:x' is not a valid image")
