@@ -100,6 +100,7 @@ class JobRun:
         self.payload: asyncio.Future[V0JobRequest] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.result_type: str | None = None
+        self._state_saved: asyncio.Future[None] | None = None  # the write of running.json, once started
         self.container = JobContainer(self.job_uuid, dirs, deps.config, deps.engine)
         details = initial.streaming_details
         self.streaming = (StreamingSession(self.job_uuid, details, deps.config.streaming, deps.engine, dirs.root)
@@ -303,8 +304,10 @@ class JobRun:
         except HordeFailure:
             await self.container.kill()
             raise
-        await asyncio.to_thread(save_running_state, self.dirs.root, self.initial, request, container_id,
-                                deadline, self._clock())
+        initial, resumable = state_to_keep(self.initial, request)
+        self._state_saved = asyncio.ensure_future(asyncio.to_thread(
+            save_running_state, self.dirs.root, initial, resumable, container_id, deadline, self._clock()))
+        await asyncio.shield(self._state_saved)
         if self.streaming is not None:
             await self._serve_streaming(container_id)
         return await self._await_container(deadline)
@@ -350,8 +353,10 @@ class JobRun:
                                     upload_results=results.upload_results)
 
     async def _cleanup(self) -> None:
-        """After the terminal event: the plugin's cleanup hook, then remove the container(s)
-        and the work dirs (unless kept)."""
+        """After the terminal event: running.json goes first (it holds the job's upload URLs and
+        nothing needs it any more, kept dirs or not), then the plugin's cleanup hook, then the
+        container(s) and the work dirs (unless kept)."""
+        await self._drop_state()
         request = self.payload.result() if self.payload.done() and not self.payload.cancelled() else None
         try:
             await self.runner.cleanup(self.context(request), self.container.container_id, self.result_type or "")
@@ -366,6 +371,24 @@ class JobRun:
             if self.streaming is not None:
                 await self.deps.engine.remove_network(self.streaming.network)
             await asyncio.to_thread(self.dirs.remove_work)
-            drop_running_state(self.dirs.root)
         except Exception:  # noqa: BLE001 - errors in cleanup are only logged, as in stock
             log.warning("cleanup failed job=%s", self.job_uuid, exc_info=True)
+
+    async def _drop_state(self) -> None:
+        """Delete running.json, after its write if one is still under way in its thread (a
+        cancel during the write must not let the file reappear after the delete)."""
+        if self._state_saved is not None:
+            await asyncio.gather(self._state_saved, return_exceptions=True)
+        try:
+            await asyncio.to_thread(drop_running_state, self.dirs.root)
+        except OSError:
+            log.warning("running state not removed job=%s", self.job_uuid, exc_info=True)
+
+
+def state_to_keep(initial: V0InitialJobRequest, request: V0JobRequest) -> tuple[V0InitialJobRequest, V0JobRequest]:
+    """The requests as running.json keeps them: what a resumed job still needs (the upload
+    target, artifacts_dir, streaming details), without what it no longer does once its
+    container exists: the env (in the container already) and the volumes (downloaded), whose
+    tokens and presigned URLs would otherwise sit on disk for the whole run."""
+    return (initial.model_copy(update={"volume": None}),
+            request.model_copy(update={"env": {}, "volume": None}))

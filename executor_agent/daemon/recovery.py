@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from agent_common.private import private_open
 from executor_agent.daemon.deadline import Deadline, StageBudgets
 from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
 
@@ -43,13 +44,15 @@ class RunningState(BaseModel):
 
 def save_running_state(job_root: Path, initial: V0InitialJobRequest, request: V0JobRequest,
                        container_id: str, deadline: Deadline, now: float) -> None:
-    """Atomically (write + rename) record what a resume needs."""
+    """Atomically (write + rename) record what a resume needs; 0600 from the first byte,
+    whatever the umask: it holds the job's upload URLs."""
     wall = time.time()
     state = RunningState(initial=initial, request=request, container_id=container_id,
                          deadline_unix=wall + deadline.remaining(now),
                          container_deadline_unix=wall + deadline.container_timeout(now))
     tmp = job_root / (STATE_FILE + ".tmp")
-    tmp.write_text(state.model_dump_json())
+    with private_open(tmp) as f:
+        f.write(state.model_dump_json().encode())
     os.replace(tmp, job_root / STATE_FILE)
 
 
@@ -62,3 +65,4 @@ def load_running_state(job_root: Path) -> RunningState | None:
 
 def drop_running_state(job_root: Path) -> None:
     (job_root / STATE_FILE).unlink(missing_ok=True)
+    (job_root / (STATE_FILE + ".tmp")).unlink(missing_ok=True)  # a write cut short by a crash
