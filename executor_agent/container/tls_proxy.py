@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import ssl
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from agent_common.private import PRIVATE_FILE_MODE, private_open
+
 log = logging.getLogger(__name__)
 
 JOB_PORT = 8000  # stock JOB_CONTAINER_PORT: the job serves plain HTTP here
@@ -33,7 +36,9 @@ RSA_KEY_BITS = 2048
 RSA_PUBLIC_EXPONENT = 65537
 CERT_VALID_DAYS = 365
 CERT_COMMON_NAME = "localhost"
-KEY_FILE_MODE = 0o600
+KEY_FILE_MODE = PRIVATE_FILE_MODE  # 0600: the private key is the agent's alone
+SSL_DIR_MODE = 0o700  # the job's ssl dir: the agent's alone too
+CERT_FILE, KEY_FILE, CLIENT_CA_FILE = "certificate.pem", "private_key.pem", "client.crt"  # stock names
 TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that never finishes its handshake is dropped after this
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0  # the job container is on this host; longer means it is not listening
 PIPE_CHUNK_BYTES = 64 * 1024
@@ -81,26 +86,71 @@ def make_server_cert(executor_ip: str | None) -> ServerCert:
     return ServerCert(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
 
 
-def server_context(cert: ServerCert, client_ca_pem: str, ssl_dir: Path) -> ssl.SSLContext:
-    """TLS server context that refuses any client without a certificate signed by (or
-    equal to) the user's certificate. The files stay in `ssl_dir` (mode 0600) for the job's
-    life: `load_cert_chain` reads only files."""
+@dataclass(frozen=True)
+class CertFiles:
+    """The endpoint's files in the job's ssl dir; they outlive an agent restart so the next
+    agent serves the certificate the validator pinned."""
+
+    cert_path: Path
+    key_path: Path
+    client_ca_path: Path
+
+    @classmethod
+    def in_dir(cls, ssl_dir: Path) -> CertFiles:
+        return cls(ssl_dir / CERT_FILE, ssl_dir / KEY_FILE, ssl_dir / CLIENT_CA_FILE)
+
+
+def write_cert_files(cert: ServerCert, client_ca_pem: str, ssl_dir: Path) -> CertFiles:
+    """The stock layout (certificate.pem, private_key.pem, client.crt) in a 0700 dir; the
+    key is private (0600) from its first byte, whatever the process umask."""
     ssl_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(ssl_dir, 0o700)
-    cert_path, key_path = ssl_dir / "certificate.pem", ssl_dir / "private_key.pem"
-    cert_path.write_text(cert.cert_pem)
-    key_path.touch(mode=KEY_FILE_MODE)
-    key_path.write_text(cert.key_pem)
-    (ssl_dir / "client.crt").write_text(client_ca_pem)
+    os.chmod(ssl_dir, SSL_DIR_MODE)
+    files = CertFiles.in_dir(ssl_dir)
+    files.cert_path.write_text(cert.cert_pem)
+    with private_open(files.key_path) as f:
+        f.write(cert.key_pem.encode())
+    files.client_ca_path.write_text(client_ca_pem)
+    return files
+
+
+def load_server_context(files: CertFiles) -> ssl.SSLContext:
+    """TLS server context that refuses any client without a certificate signed by (or
+    equal to) the user's certificate. A key file that is a link, or that others could
+    read, is refused: it may no longer be ours alone (`load_cert_chain` reads only files)."""
+    try:
+        info = os.lstat(files.key_path)
+        client_ca_pem = files.client_ca_path.read_text()
+    except OSError as exc:
+        raise StreamingError(f"certificate files unreadable: {exc}") from None
+    if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) & ~KEY_FILE_MODE:
+        raise StreamingError(f"private key {files.key_path} is not a private regular file "
+                             f"(mode {stat.S_IMODE(info.st_mode):o}, want {KEY_FILE_MODE:o})")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_path, key_path)
+    try:
+        ctx.load_cert_chain(files.cert_path, files.key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise StreamingError(f"server certificate or key unusable: {exc}") from None
     try:
         ctx.load_verify_locations(cadata=client_ca_pem)
     except ssl.SSLError as exc:
         raise StreamingError(f"streaming_details.public_key is not a PEM certificate: {exc}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def server_context(cert: ServerCert, client_ca_pem: str, ssl_dir: Path) -> tuple[ssl.SSLContext, CertFiles]:
+    """Write the files and load the context from them (a new streaming job)."""
+    files = write_cert_files(cert, client_ca_pem, ssl_dir)
+    return load_server_context(files), files
+
+
+def read_server_cert(files: CertFiles) -> ServerCert:
+    """The certificate the validator pinned (what V0StreamingJobReadyRequest carried), with its key."""
+    try:
+        return ServerCert(files.cert_path.read_text(), files.key_path.read_text())
+    except OSError as exc:
+        raise StreamingError(f"certificate files unreadable: {exc}") from None
 
 
 @dataclass
@@ -123,13 +173,19 @@ class TlsProxy:
         low, high = port_range
         for port in range(low, high + 1):
             try:
-                self._server = await asyncio.start_server(
-                    self._serve, bind_host, port, ssl=self.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+                await self.listen(bind_host, port)
             except OSError:
                 continue
-            self.port = port
             return port
         raise StreamingError(f"no free streaming port in {low}-{high} on {bind_host}; widen [streaming] port_range")
+
+    async def listen(self, bind_host: str, port: int) -> None:
+        """Listen on exactly this port (a restarted agent re-opens the announced one); raises
+        OSError when it is taken. SO_REUSEADDR (asyncio's default here) lets the port be
+        re-bound while the previous agent's closed connections sit in TIME_WAIT."""
+        self._server = await asyncio.start_server(
+            self._serve, bind_host, port, ssl=self.context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+        self.port = port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -14,15 +14,16 @@ import logging
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from executor_agent.container.engine import EngineNotFound
+from executor_agent.container.engine import ContainerState, EngineError, EngineNotFound
+from executor_agent.container.tls_proxy import StreamingError
 from executor_agent.daemon.deps import JobDeps
 from executor_agent.daemon.eventlog import EVENTS_FILE, EventLog
-from executor_agent.daemon.job import JobRun
+from executor_agent.daemon.job import Emit, JobRun
 from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.daemon.recovery import RESTART_MESSAGE, RunningState, drop_running_state, load_running_state
-from executor_agent.daemon.streaming_job import network_name
+from executor_agent.daemon.streaming_job import discard_endpoint_files, network_name
 from horde_protocol.enums import HordeFailureReason, JobParticipantType, JobStage
 from horde_protocol.link_frames import AgentToMinerFrame, Event, JobSummary, Payload, Submit
 from horde_protocol.messages import (
@@ -31,12 +32,16 @@ from horde_protocol.messages import (
     V0HordeFailedRequest,
     V0InitialJobRequest,
     V0JobFailedRequest,
+    V0StreamingJobReadyRequest,
 )
 
 log = logging.getLogger(__name__)
 
 
 DETACH_TIMEOUT_S = 10.0  # agent stop waits this long for job tasks (and a running cleanup) to end
+CONTAINER_DONE_STATES = frozenset({"exited", "stopped", "dead"})  # nothing left to serve: the run reports the exit
+STREAMING_RESUME_MESSAGE = "Executor agent restarted and could not serve the streaming job again: {why}"
+READY_TYPE = "V0StreamingJobReadyRequest"
 
 
 class Subscriber(Protocol):
@@ -122,6 +127,7 @@ class JobRegistry:
                 continue
             entry = JobEntry(path.name, JobDirs(path), EventLog(log_path))
             if entry.events.finished:
+                discard_endpoint_files(path)  # a crash after the end, before the run's last step
                 entry.finished_at = self.clock()
                 self._schedule_forget(entry)
             self.jobs[path.name] = entry
@@ -129,31 +135,63 @@ class JobRegistry:
                  sum(not e.events.finished for e in self.jobs.values()))
 
     async def recover(self) -> None:
-        """Resume unfinished jobs whose container is still known to podman; end the rest
-        with a horde failure so each job still gets exactly one terminal event."""
+        """Resume unfinished jobs whose container is still known to podman (a streaming job
+        with its endpoint served again); end the rest with a horde failure so each job still
+        gets exactly one terminal event."""
         if not self.config.keep_job_dirs:
             await self._reap_finished()
         for entry in [e for e in self.jobs.values() if not e.events.finished and e.run is None]:
             state = load_running_state(entry.dirs.root)
             containers = await self.engine.job_containers(entry.job_uuid)
-            if state is not None and any(c.container_id == state.container_id for c in containers):
-                self._start_run(entry, state.initial, resume=state)
-                continue
-            for container in containers:
-                await self.engine.remove(container.container_id)
-            last = entry.events.read()
-            stage = (JobStage.EXECUTION if state is not None
-                     else JobStage.VOLUME_DOWNLOAD if last else JobStage.EXECUTOR_STARTUP).value
+            container = next((c for c in containers if state is not None and c.container_id == state.container_id),
+                             None)
+            if state is not None and container is not None:
+                failure = await self._resume(entry, state, container)
+                if failure is None:
+                    continue
+                stage, message, context = failure
+            else:
+                last = entry.events.read()
+                stage = (JobStage.EXECUTION if state is not None
+                         else JobStage.VOLUME_DOWNLOAD if last else JobStage.EXECUTOR_STARTUP).value
+                message, context = RESTART_MESSAGE.format(stage=stage), {"stage": stage}
+            for found in containers:
+                await self.engine.remove(found.container_id)
             self.publish(entry, V0HordeFailedRequest(
                 job_uuid=entry.job_uuid, reported_by=JobParticipantType.EXECUTOR,
-                reason=HordeFailureReason.GENERIC_ERROR, message=RESTART_MESSAGE.format(stage=stage),
-                context={"stage": stage}))
+                reason=HordeFailureReason.GENERIC_ERROR, message=message, context=context))
+            discard_endpoint_files(entry.dirs.root)
+            drop_running_state(entry.dirs.root)  # it holds upload URLs: gone once the job ended, kept dirs or not
             if not self.config.keep_job_dirs:
                 entry.dirs.remove_work()
-                drop_running_state(entry.dirs.root)
             self._schedule_forget(entry)
-            log.warning("job ended by restart job=%s stage=%s", entry.job_uuid, stage)
+            log.warning("job ended by restart job=%s stage=%s why=%s", entry.job_uuid, stage, message)
         await self._reap_networks()
+
+    async def _resume(self, entry: JobEntry, state: RunningState,
+                      container: ContainerState) -> tuple[str, str, dict[str, Any]] | None:
+        """Start the job's run from its container. A streaming job whose container still runs
+        gets its endpoint back first: the same port and certificate the validator pinned.
+        Returns (stage, message, context) of the horde failure when it cannot go on."""
+        run = JobRun(state.initial, entry.dirs, self.deps, self._emitter(entry))
+        if run.streaming is not None and container.status not in CONTAINER_DONE_STATES:
+            endpoint = state.streaming
+            if endpoint is None:  # stopped during the /health wait: the endpoint was never announced
+                stage = JobStage.STREAMING_STARTUP.value
+                return stage, RESTART_MESSAGE.format(stage=stage), {"stage": stage}
+            try:
+                await run.streaming.resume(endpoint, state.container_id)
+            except (StreamingError, EngineError) as exc:  # EngineError: the container went meanwhile
+                await run.streaming.close(remove_network=False)
+                stage = JobStage.EXECUTION.value
+                return stage, STREAMING_RESUME_MESSAGE.format(why=exc), {"stage": stage, "port": endpoint.port}
+            if not any(e.message.message_type == READY_TYPE for e in entry.events.read()):
+                # a crash between recording the endpoint and logging its announcement: announce it once
+                assert run.streaming.cert is not None
+                self.publish(entry, V0StreamingJobReadyRequest(job_uuid=entry.job_uuid, port=endpoint.port,
+                                                               public_key=run.streaming.cert.cert_pem))
+        self._begin(entry, run, state)
+        return None
 
     async def _reap_finished(self) -> None:
         """Remove labelled containers of jobs that already ended here (a stop during
@@ -180,12 +218,18 @@ class JobRegistry:
                 log.info("reaping network job=%s network=%s", entry.job_uuid, name)
                 await self.engine.remove_network(name)
 
-    def _start_run(self, entry: JobEntry, initial: V0InitialJobRequest, resume: RunningState | None = None) -> None:
+    def _emitter(self, entry: JobEntry) -> Emit:
         async def emit(message: ExecutorToMinerMessage) -> None:
             self.publish(entry, message)
 
-        entry.run = JobRun(initial, entry.dirs, self.deps, emit)
-        task = entry.run.start(resume)
+        return emit
+
+    def _start_run(self, entry: JobEntry, initial: V0InitialJobRequest) -> None:
+        self._begin(entry, JobRun(initial, entry.dirs, self.deps, self._emitter(entry)))
+
+    def _begin(self, entry: JobEntry, run: JobRun, resume: RunningState | None = None) -> None:
+        entry.run = run
+        task = run.start(resume)
         task.add_done_callback(lambda _t: self._run_done(entry))
 
     # --- frames --------------------------------------------------------------------
@@ -271,6 +315,7 @@ class JobRegistry:
             log.error("job task crashed job=%s error=%r", entry.job_uuid, task.exception())
         if entry.events.finished:
             entry.run = None
+            discard_endpoint_files(entry.dirs.root)  # after the job's cleanup: no agent will serve it again
             self._schedule_forget(entry)
 
     def _schedule_forget(self, entry: JobEntry) -> None:
