@@ -14,6 +14,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Job containers run in a user namespace (podman userns=auto), whose ids podman takes from the
+# `containers` ranges of /etc/subuid and /etc/subgid: the executor-agent package adds the same line.
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^containers:' "$f" 2>/dev/null; then
+    echo "bootstrap: adding subordinate ids for containers to $f"
+    echo 'containers:2147483647:2147483648' >>"$f"
+  fi
+done
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
