@@ -28,6 +28,11 @@ class CdiUnavailable(EngineError):
     """A CDI device (the GPU) was asked for but the engine has no spec that provides it."""
 
 
+class UsernsUnavailable(EngineError):
+    """A user namespace was asked for but the engine cannot give one (no subordinate ids for
+    it, or it started the container without one); the container is not left running."""
+
+
 @dataclass(frozen=True)
 class ContainerState:
     container_id: str
@@ -59,7 +64,8 @@ class ContainerEngine(Protocol):
         ...
 
     async def start_container(self, kwargs: dict[str, Any]) -> str:
-        """Create and start; returns the id. Raises CdiUnavailable for a missing GPU spec."""
+        """Create and start; returns the id. Raises CdiUnavailable for a missing GPU spec and
+        UsernsUnavailable when kwargs ask for a user namespace the engine did not set up."""
         ...
 
     async def wait(self, container_id: str, timeout_s: float) -> int | None:
@@ -111,4 +117,5 @@ class ContainerEngine(Protocol):
     async def network_exists(self, name: str) -> bool: ...
 
 
-__all__ = ["CdiUnavailable", "ContainerEngine", "ContainerState", "EngineError", "EngineNotFound", "ImageInfo"]
+__all__ = ["CdiUnavailable", "ContainerEngine", "ContainerState", "EngineError", "EngineNotFound", "ImageInfo",
+           "UsernsUnavailable"]

@@ -14,6 +14,14 @@ Podman 4.3 gotchas handled here (see test-environment.md §1):
   into a bounded `LogCapture` instead (a job may print gigabytes).
 * an unresolvable CDI device (no GPU spec in /etc/cdi) fails at *start* with a 500 whose
   text names CDI: we raise `CdiUnavailable` so the job reports what to fix.
+* `userns` nsmode `auto` through the API is silently ignored unless `idmappings` asks for
+  AutoUserNs too, and then the container runs with the host's identity map: after create we
+  read the map back from inspect and refuse to start a container whose root is host root
+  (`UsernsUnavailable`). Without /etc/subuid and /etc/subgid ranges for `containers`, create
+  fails with "could not find enough available IDs": `UsernsUnavailable` as well.
+* removing a just-exited container that had a user namespace sometimes answers 500 "unlinkat
+  .../userdata/shm: device or resource busy" although podman did remove it (the next call
+  says 404): `remove` asks again, up to REMOVE_ATTEMPTS times.
 
 This module is the only importer of podman-py: its errors become the engine's own
 (`container/engine.py`) here, and `Podman` is the `ContainerEngine` the agent runs with.
@@ -22,6 +30,7 @@ This module is the only importer of podman-py: its errors become the engine's ow
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import logging
 import os
@@ -38,6 +47,7 @@ from executor_agent.container.engine import (
     EngineError,
     EngineNotFound,
     ImageInfo,
+    UsernsUnavailable,
 )
 from executor_agent.container.job_spec import JOB_LABEL, JobContainerSpec, normalize_image
 from executor_agent.outputs.collect import FrameDecoder, LogCapture
@@ -52,6 +62,11 @@ NOT_RUNNING_TEXTS = ("can only kill running containers", "not running", "state i
 LOG_READ_CHUNK_BYTES = 256 * 1024  # one read from the log stream; frames are sliced out of it
 NETWORK_PREFIX_LEN = 24  # one /24 per streaming job network
 NETWORK_CREATE_ATTEMPTS = 64  # subnets tried before giving up (others are held by other networks)
+REMOVE_ATTEMPTS = 5  # a "device or resource busy" remove is asked again; measured: the second always answered
+REMOVE_RETRY_DELAY_S = 0.2
+NO_SUBIDS_TEXT = "could not find enough available IDs"  # podman 4.3 create without subordinate ids
+USERNS_HELP = ("add subordinate ids for podman's `containers` user: echo containers:2147483647:2147483648 | "
+               "tee -a /etc/subuid /etc/subgid (the executor-agent package does this), then restart podman")
 
 
 def _is_uuid(text: str) -> bool:
@@ -70,6 +85,18 @@ def _timed_out(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _check_userns(attrs: dict[str, Any]) -> None:
+    """Raise UsernsUnavailable unless the created container's uid and gid maps put its root
+    on a host id other than 0 (inspect's HostConfig.IDMappings, "container:host:size")."""
+    mappings = (attrs.get("HostConfig") or {}).get("IDMappings") or {}
+    for kind in ("UidMap", "GidMap"):
+        entries = [str(e).split(":") for e in mappings.get(kind) or []]
+        root = next((int(host) for inner, host, _size in (e for e in entries if len(e) == 3) if inner == "0"), None)
+        if root is None or root == 0:
+            raise UsernsUnavailable(f"podman created the container without a user namespace ({kind}: "
+                                    f"{mappings.get(kind)!r}); refusing to run a job as host root; {USERNS_HELP}")
 
 
 class Podman:
@@ -127,9 +154,18 @@ class Podman:
 
     async def start_container(self, kwargs: dict[str, Any]) -> str:
         """Create and start from podman-py `containers.create` kwargs (after a job-runner
-        plugin had its say); returns the id."""
-        container = await self._call(self._client.containers.create, **kwargs)
+        plugin had its say); returns the id. A container asked to have a user namespace is
+        started only once inspect shows one (module docstring)."""
         try:
+            # a copy: podman-py appends to the lists inside (a bind's extended_mode)
+            container = await self._call(self._client.containers.create, **copy.deepcopy(kwargs))
+        except EngineError as exc:
+            if NO_SUBIDS_TEXT in str(exc):
+                raise UsernsUnavailable(f"{exc}; {USERNS_HELP}") from exc
+            raise
+        try:
+            if (kwargs.get("idmappings") or {}).get("AutoUserNs"):
+                _check_userns(container.attrs)
             await self._call(container.start)
         except EngineError as exc:
             await self.remove(container.id)
@@ -225,11 +261,21 @@ class Podman:
         return ContainerState(str(container.id), str(st.get("Status", "")), int(code) if code is not None else None)
 
     async def remove(self, container_id: str) -> None:
-        """Force-remove; a container that is already gone is fine."""
-        try:
-            await self._call(self._client.containers.remove, container_id, force=True)
-        except EngineNotFound:
-            pass
+        """Force-remove; a container that is already gone is fine. Asked again on an error
+        while the container is still there (podman 4.3's spurious "busy", module docstring)."""
+        for attempt in range(1, REMOVE_ATTEMPTS + 1):
+            try:
+                await self._call(self._client.containers.remove, container_id, force=True)
+                return
+            except EngineNotFound:
+                return
+            except EngineError:
+                if not await self._call(self._client.containers.exists, container_id):
+                    return  # the error was spurious: it is gone
+                if attempt == REMOVE_ATTEMPTS:
+                    raise
+                log.debug("container remove retried container=%s attempt=%d", container_id, attempt)
+                await asyncio.sleep(REMOVE_RETRY_DELAY_S)
 
     async def job_containers(self, job_uuid: str | None = None) -> list[ContainerState]:
         """Containers carrying our job label (all of them, or one job's)."""

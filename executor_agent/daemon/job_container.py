@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor_agent.container.engine import CdiUnavailable, ContainerEngine
-from executor_agent.container.job_spec import JOB_LABEL, JobContainerSpec, UnknownPreset, container_name
+from executor_agent.container.engine import CdiUnavailable, ContainerEngine, UsernsUnavailable
+from executor_agent.container.job_spec import (
+    JOB_LABEL,
+    JobContainerSpec,
+    UnknownPreset,
+    container_name,
+    enforce_isolation,
+)
+from executor_agent.daemon.disk_watch import DiskWatch
 from executor_agent.daemon.failures import HordeFailure, JobFailure
-from executor_agent.daemon.jobdirs import JobDirs, disk_use
+from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.executor_config import AgentConfig, ImagePolicy
 from executor_agent.outputs import collect as outputs
 from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobStage
@@ -31,10 +38,15 @@ log = logging.getLogger(__name__)
 CONTAINER_TIMEOUT_MESSAGE = "Job container timed out during execution"
 PULL_FAILED_MESSAGE = "Failed to pull docker image"
 START_SETTLE_TIMEOUT_S = 30.0  # a cancelled start may still finish; wait this long to learn its id
-DISK_LIMIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it used {used_mib} MiB in /output, "
-                      "artifacts, its own filesystem and its logs) and was killed")
+DISK_LIMIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it used {used_mib} MiB in /volume, "
+                      "/output, artifacts, its own filesystem and its logs) and was killed")
+DISK_LIMIT_AT_EXIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it held {used_mib} MiB in "
+                              "/volume, /output, artifacts, its own filesystem and its logs when it exited)")
 CDI_MESSAGE = ("GPU requested (docker_run_options_preset {preset}) but the CDI device {devices} is not configured "
                "on this executor host; generate the spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`")
+USERNS_MESSAGE = ("Job container not started: this executor host cannot give it a user namespace, and a job "
+                  "never runs as host root; an operator must add subordinate ids for `containers` to /etc/subuid "
+                  "and /etc/subgid")
 RAW_SCRIPT_COMMAND = ("python", "/script.py")  # the stock command for a raw_script job without docker_run_cmd
 MAX_ENGINE_ERROR_CHARS = 500  # of the engine's text, carried in a horde failure's context
 MIB = 1024 * 1024
@@ -59,7 +71,8 @@ class JobContainer:
         self.config = config
         self.engine = engine
         self.container_id: str | None = None
-        self.disk_exceeded_bytes: int | None = None  # set by the watchdog when it killed the container
+        self.disk_exceeded_bytes: int | None = None  # set when the disk watch found the job over its limit
+        self.disk_exceeded_at_exit = False  # ... only at its exit: it was not killed for it
         self._ensured_images: set[str] = set()
 
     async def ensure_image(self, image: str) -> None:
@@ -104,11 +117,16 @@ class JobContainer:
 
     async def start(self, kwargs: dict[str, Any], gpu_preset: str) -> str:
         """Create and start. The job label and the container name are ours whatever a plugin
-        returned (a restarted agent finds the container by them). The id is learnt even when
-        the task is cancelled meanwhile, so a cancel or a stage timeout in the middle of a
-        start still finds a container to kill."""
+        returned (a restarted agent finds the container by them), and so is the isolation
+        (user namespace, nosuid binds, no new privileges, JOB_CAPABILITIES; job_spec.py). The
+        id is learnt even when the task is cancelled meanwhile, so a cancel or a stage
+        timeout in the middle of a start still finds a container to kill."""
         kwargs["labels"] = {**(kwargs.get("labels") or {}), JOB_LABEL: self.job_uuid}
         kwargs["name"] = container_name(self.job_uuid)
+        undone = enforce_isolation(kwargs)
+        if undone:
+            log.warning("job-runner plugin weakened the container isolation; restored job=%s keys=%s",
+                        self.job_uuid, ",".join(undone))
         start = asyncio.ensure_future(self.engine.start_container(kwargs))
         try:
             self.container_id = await asyncio.shield(start)
@@ -121,15 +139,20 @@ class JobContainer:
                                CDI_MESSAGE.format(preset=gpu_preset, devices=", ".join(kwargs.get("devices", []))),
                                {"stage": JobStage.EXECUTION.value,
                                 "podman_error": str(exc)[:MAX_ENGINE_ERROR_CHARS]}) from None
+        except UsernsUnavailable as exc:
+            log.error("no user namespace for job=%s: %s", self.job_uuid, str(exc)[:MAX_ENGINE_ERROR_CHARS])
+            raise HordeFailure(HordeFailureReason.GENERIC_ERROR, USERNS_MESSAGE,
+                               {"stage": JobStage.EXECUTION.value,
+                                "podman_error": str(exc)[:MAX_ENGINE_ERROR_CHARS]}) from None
         return self.container_id
 
     async def run_to_exit(self, timeout_s: float) -> ContainerResult:
-        """Wait for the exit (killing the container at timeout_s, or when the watchdog finds
-        it over its disk limit), then capture its logs."""
+        """Wait for the exit (killing the container at timeout_s, or when the disk watch finds
+        it over its disk limit, measured once more at its exit), then capture its logs."""
         assert self.container_id is not None
         container_id = self.container_id
-        limit_mib = self.config.container.disk_limit_mib
-        watchdog = asyncio.create_task(self._watch_disk(container_id, limit_mib * MIB)) if limit_mib else None
+        watch = self._disk_watch(container_id)
+        watchdog = asyncio.create_task(watch.run()) if watch is not None else None
         try:
             exit_code = await self.engine.wait(container_id, timeout_s)
         finally:
@@ -138,6 +161,10 @@ class JobContainer:
                 await asyncio.gather(watchdog, return_exceptions=True)
         if exit_code is None:
             await self.engine.kill(container_id)
+        elif watch is not None:
+            await watch.at_exit()
+        if watch is not None:
+            self.disk_exceeded_bytes, self.disk_exceeded_at_exit = watch.exceeded_bytes, not watch.killed
         out = await asyncio.to_thread(outputs.LogCapture, self.dirs.stdout_log)
         err = await asyncio.to_thread(outputs.LogCapture, self.dirs.stderr_log)
         try:
@@ -154,8 +181,9 @@ class JobContainer:
         out, err = result.stdout, result.stderr
         if self.disk_exceeded_bytes is not None:
             raise JobFailure(JobFailureReason.NONZERO_RETURN_CODE,
-                             DISK_LIMIT_MESSAGE.format(limit_mib=self.config.container.disk_limit_mib,
-                                                       used_mib=self.disk_exceeded_bytes // MIB),
+                             (DISK_LIMIT_AT_EXIT_MESSAGE if self.disk_exceeded_at_exit else DISK_LIMIT_MESSAGE).format(
+                                 limit_mib=self.config.container.disk_limit_mib,
+                                 used_mib=self.disk_exceeded_bytes // MIB),
                              exit_status=result.exit_code, stdout=out.text(), stderr=err.text())
         if result.exit_code is None:
             raise JobFailure(JobFailureReason.TIMEOUT, CONTAINER_TIMEOUT_MESSAGE, stdout=out.text(), stderr=err.text())
@@ -164,25 +192,13 @@ class JobContainer:
                              f"Job container exited with non-zero exit code: {result.exit_code}",
                              exit_status=result.exit_code, stdout=out.text(), stderr=err.text())
 
-    async def _watch_disk(self, container_id: str, limit_bytes: int) -> None:
-        """Kill the container once what it wrote to this host's disk passes the limit. A
-        check, not a quota: overlay here has no size option, and a tmpfs /output would put
-        up to the upload size in RAM and still not cover the container's own filesystem."""
-        interval = self.config.container.disk_check_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                in_dirs = await asyncio.to_thread(disk_use, (self.dirs.output, self.dirs.artifacts))
-                used = in_dirs + await self.engine.disk_bytes(container_id)
-            except Exception:  # noqa: BLE001 - a failed measurement is retried next round
-                log.debug("disk measurement failed job=%s", self.job_uuid, exc_info=True)
-                continue
-            if used > limit_bytes:
-                self.disk_exceeded_bytes = used
-                log.warning("job over disk limit job=%s used_mib=%d limit_mib=%d", self.job_uuid, used // MIB,
-                            limit_bytes // MIB)
-                await self.engine.kill(container_id)
-                return
+    def _disk_watch(self, container_id: str) -> DiskWatch | None:
+        """The container's disk watch (daemon/disk_watch.py), or None without a disk limit."""
+        limits = self.config.container
+        if not limits.disk_limit_mib:
+            return None
+        return DiskWatch(self.job_uuid, self.dirs, self.engine, container_id, limits.disk_limit_mib * MIB,
+                         limits.disk_check_interval_s)
 
     async def kill(self) -> None:
         """Best effort, shielded so a second cancellation cannot leave the container running.

@@ -7,7 +7,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-SHARED_DIR_MODE = 0o777  # the job may run as any user; the stock executor chmods 777 too
+# The job may run as any user, and its root is an unprivileged host uid (a user namespace,
+# container/job_spec.py), so volume/, output/ and artifacts/ are open to every uid: the stock
+# executor chmods 777 too. What keeps other local users out is JOBS_DIR_MODE above them.
+SHARED_DIR_MODE = 0o777
+# <jobs_dir> itself: only the agent (and root) may enter it. Job containers write files there
+# as their own host uids, setuid bits included; a local user who cannot reach them cannot run
+# them, nor read another job's inputs and outputs. The bind mounts are made by podman (root)
+# from the full path, so a container never needs to pass through this directory.
+JOBS_DIR_MODE = 0o700
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class JobDirs:
         return self.root / "stderr.log"
 
     def create(self) -> None:
+        prepare_jobs_dir(self.root.parent)
         for d in (self.volume, self.output, self.artifacts):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, SHARED_DIR_MODE)
@@ -51,6 +60,14 @@ class JobDirs:
             shutil.rmtree(d, ignore_errors=True)
         for path in (self.script, self.stdout_log, self.stderr_log):
             path.unlink(missing_ok=True)
+
+
+def prepare_jobs_dir(path: Path) -> None:
+    """Create <jobs_dir> if needed and make it JOBS_DIR_MODE, whatever an older version or the
+    umask left (at agent start, and again before each job's directories are made)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.stat(path).st_mode & 0o7777 != JOBS_DIR_MODE:
+        os.chmod(path, JOBS_DIR_MODE)
 
 
 def disk_use(roots: tuple[Path, ...]) -> int:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from executor_agent import __version__
 from executor_agent.container.podman_engine import Podman
+from executor_agent.daemon.jobdirs import prepare_jobs_dir
 from executor_agent.daemon.registry import JobRegistry, RegistryError
 from executor_agent.daemon.services import AgentServices, JobRunnerError
 from executor_agent.executor_config import AgentConfig
@@ -167,7 +168,7 @@ class ExecutorAgent:
             raise AgentStartError(f"podman API at {self.config.podman_url} is not answering; "
                                   "start it (systemctl enable --now podman.socket) or fix podman_url")
         try:
-            self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
+            prepare_jobs_dir(self.config.jobs_dir)
             self._prepare_socket_path(self.config.socket_path)
         except OSError as exc:
             raise AgentStartError(f"{exc.filename}: {exc.strerror}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 import time
 import tracemalloc
 import uuid
@@ -31,10 +33,15 @@ devices:
     containerEdits:
       deviceNodes:
         - path: /dev/fakegpu0
-          hostPath: /dev/null
+          hostPath: /dev/fakegpu0
       env:
         - FAKE_GPU=visible
 """
+# The fake GPU's node, made on the host for the test like a real /dev/nvidia0 (a copy of
+# /dev/null). Its host path equals its container path, as in the specs `nvidia-ctk cdi generate`
+# writes: in a job's user namespace runc cannot mknod, so it bind-mounts the node from that path.
+FAKE_GPU_NODE = Path("/dev/fakegpu0")
+NULL_DEVICE = (1, 3)
 MIB = 1024 * 1024
 
 
@@ -159,9 +166,11 @@ async def test_gpu_preset_needs_cdi_and_reaches_the_device(link_client: LinkClie
     spec = CDI_DIRS[0] / "ch-test-fake-gpu.yaml"
     CDI_DIRS[0].mkdir(parents=True, exist_ok=True)
     spec.write_text(FAKE_CDI_SPEC)
+    os.mknod(FAKE_GPU_NODE, 0o666 | stat.S_IFCHR, os.makedev(*NULL_DEVICE))
     try:
         _, events = await run_job(link_client, busybox_image, cmd, docker_run_options_preset="nvidia_all")
     finally:
+        FAKE_GPU_NODE.unlink()
         spec.unlink()
         if made_dir:
             CDI_DIRS[0].rmdir()

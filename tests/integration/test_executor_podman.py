@@ -9,6 +9,7 @@ import pytest
 
 from executor_agent.container.job_spec import JobContainerSpec, normalize_image
 from executor_agent.container.podman_engine import Podman
+from executor_agent.daemon.jobdirs import SHARED_DIR_MODE
 from tests.fixtures.podman import containers_with_label
 
 pytestmark = pytest.mark.podman
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.podman
 def _spec(tmp_path: Path, image: str, command: list[str], **kw: object) -> JobContainerSpec:
     (tmp_path / "volume").mkdir(exist_ok=True)
     (tmp_path / "output").mkdir(exist_ok=True)
+    # as JobDirs.create makes it: container root is an unprivileged host uid (user namespace)
+    (tmp_path / "output").chmod(SHARED_DIR_MODE)
     return JobContainerSpec(
         job_uuid=str(uuid.uuid4()), image=image, command=command,
         volume_dir=tmp_path / "volume", output_dir=tmp_path / "output", **kw,  # type: ignore[arg-type]
