@@ -39,6 +39,10 @@ from agent_common.tomlfile import ConfigError, load_model
 from executor_agent.net.egress import EgressPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/executor-agent/executor-agent.toml")
+# The agent socket's group on a packaged host: clients (a local miner-agent) are put in it, and
+# it grants nothing else. Never the podman socket's group (executor-agent-podman), which only
+# the agent's units hold: podman's socket is root-equivalent (docs/job-isolation.md).
+LINK_GROUP = "executor-agent-link"
 
 
 class ImagePolicy(str, Enum):
@@ -182,7 +186,13 @@ class AgentConfig(BaseModel):
 
     socket_path: Path = Field(
         Path("/run/executor-agent/agent.sock"),
-        description="unix socket the miner agent talks to (directly or via SSH streamlocal); mode 0600",
+        description="unix socket the miner agent talks to (directly or via SSH streamlocal); mode 0660",
+    )
+    socket_group: str | None = Field(
+        None,
+        description=f"group of the socket: its members may connect (a miner-agent on this host). Unset: "
+        f"{LINK_GROUP!r} when that group exists (the executor-agent package creates it and puts a local "
+        f"miner-agent in it), else the agent's own group; \"\" = the agent's own group",
     )
     jobs_dir: Path = Field(
         Path("/var/lib/executor-agent/jobs"),
@@ -235,4 +245,4 @@ def load_config(path: Path | str | None) -> AgentConfig:
     return load_model(Path(path), AgentConfig, "pass --config with an existing TOML file")
 
 
-__all__ = ["AgentConfig", "ConfigError", "EgressSettings", "ImagePolicy", "load_config"]
+__all__ = ["LINK_GROUP", "AgentConfig", "ConfigError", "EgressSettings", "ImagePolicy", "load_config"]

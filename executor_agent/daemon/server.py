@@ -10,6 +10,7 @@ queue and writer task, so publishing an event never waits on a slow reader.
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.jobdirs import prepare_jobs_dir
 from executor_agent.daemon.registry import JobRegistry, RegistryError
 from executor_agent.daemon.services import AgentServices, JobRunnerError
-from executor_agent.executor_config import AgentConfig
+from executor_agent.executor_config import LINK_GROUP, AgentConfig
 from horde_protocol.link_frames import (
     MAX_FRAME_BYTES,
     AgentToMinerFrame,
@@ -40,7 +41,10 @@ from horde_protocol.link_frames import (
 
 log = logging.getLogger(__name__)
 
-SOCKET_MODE = 0o660  # owner and group: the unit's RuntimeDirectory (0750) admits only the executor-agent group
+# Owner and group may connect; the group is `socket_group` (on a packaged host executor-agent-link,
+# which holds a local miner-agent and nothing else). The unit's RuntimeDirectory is 0711: anyone
+# may pass, no one may list, and this mode decides who connects.
+SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o755
 WATCHDOG_PING_S = 10.0  # well inside the unit's WatchdogSec=30s; sent from the event loop
 CONNECTION_CLOSE_TIMEOUT_S = 5.0  # stop() waits this long for reader loops to notice the close
@@ -138,6 +142,19 @@ class Connection:
             await self.writer.drain()
 
 
+def _socket_gid(setting: str | None) -> int | None:
+    """The socket's group id for the `socket_group` setting; None keeps the agent's own group."""
+    if setting == "":
+        return None
+    name = setting or LINK_GROUP
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if setting is None:
+            return None  # not a packaged host: the agent's own group
+        raise AgentStartError(f"socket_group {name!r}: no such group") from None
+
+
 def _describe(exc: ValidationError) -> str:
     """One line: 'malformed frame: <where>: <what>' from pydantic's first error."""
     first = exc.errors(include_url=False)[0]
@@ -167,6 +184,7 @@ class ExecutorAgent:
         if not await self.podman.ping():
             raise AgentStartError(f"podman API at {self.config.podman_url} is not answering; "
                                   "start it (systemctl enable --now podman.socket) or fix podman_url")
+        socket_gid = _socket_gid(self.config.socket_group)  # a missing group stops the start here, early
         try:
             prepare_jobs_dir(self.config.jobs_dir)
             self._prepare_socket_path(self.config.socket_path)
@@ -182,7 +200,13 @@ class ExecutorAgent:
         self.services.start()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.config.socket_path),
                                                        limit=MAX_FRAME_BYTES)
-        os.chmod(self.config.socket_path, SOCKET_MODE)
+        try:
+            self._set_socket_access(self.config.socket_path, socket_gid)
+        except OSError as exc:
+            await self.stop()
+            raise AgentStartError(f"{self.config.socket_path}: cannot give it the group of socket_group "
+                                  f"({self.config.socket_group or LINK_GROUP!r}): {exc.strerror}; the agent must be "
+                                  "a member (the unit's SupplementaryGroups=)") from None
         log.info("agent listening socket=%s slots=%d version=%s", self.config.socket_path,
                  self.config.slots, __version__)
 
@@ -193,6 +217,14 @@ class ExecutorAgent:
             path.unlink()  # a stale socket from a previous run; systemd's RuntimeDirectory usually clears it
         elif path.exists():
             raise OSError(17, "exists and is not a socket; remove it or change socket_path", str(path))
+
+    @staticmethod
+    def _set_socket_access(path: Path, gid: int | None) -> None:
+        """Group first, then SOCKET_MODE: the group write bit is only given once the group is
+        the right one (under the unit's UMask=0022 the socket starts without it)."""
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, SOCKET_MODE)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.registry is not None  # the socket listens only once start() built it
