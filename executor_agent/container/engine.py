@@ -38,6 +38,7 @@ class ContainerState:
     container_id: str
     status: str  # created, running, exited, ...
     exit_code: int | None
+    pid: int | None = None  # its init process on this host while it runs (`state` only); None: unknown
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,8 @@ class Podman:
             return None
         st = container.attrs.get("State", {})
         code = st.get("ExitCode")
-        return ContainerState(str(container.id), str(st.get("Status", "")), int(code) if code is not None else None)
+        return ContainerState(str(container.id), str(st.get("Status", "")), int(code) if code is not None else None,
+                              int(st.get("Pid") or 0) or None)
 
     async def remove(self, container_id: str) -> None:
         """Force-remove; a container that is already gone is fine. Asked again on an error
