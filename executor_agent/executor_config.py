@@ -67,10 +67,14 @@ class ContainerLimits(BaseModel):
     pids_limit: int = Field(16384, ge=0, description="tasks (threads count) per container; 0 = no limit")
     shm_size_mib: int = Field(0, ge=0, description="/dev/shm size; 0 = podman's default (64 MiB)")
     disk_limit_mib: int = Field(
-        51200, ge=0, description="what one job may write to this host's disk (/output, artifacts, its root "
-        "filesystem layer and its logs) before it is killed; 0 = no limit",
+        51200, ge=0, description="what one job may hold on this host's disk (/volume, /output, artifacts, its "
+        "root filesystem layer and its logs): its volumes may not download more, and its container is killed "
+        "past it (daemon/disk_watch.py); 0 = no limit",
     )
-    disk_check_interval_s: float = Field(2.0, gt=0, description="how often a running job's disk use is measured")
+    disk_check_interval_s: float = Field(
+        2.0, gt=0, description="the longest time between two full measurements of a running job's disk use; "
+        "growth on the job dirs' filesystems is noticed within 10 ms and measured at once",
+    )
 
 
 class ImageGcSettings(BaseModel):
