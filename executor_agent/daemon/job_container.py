@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ USERNS_MESSAGE = ("Job container not started: this executor host cannot give it 
                   "never runs as host root; an operator must add subordinate ids for `containers` to /etc/subuid "
                   "and /etc/subgid")
 RAW_SCRIPT_COMMAND = ("python", "/script.py")  # the stock command for a raw_script job without docker_run_cmd
+# /script.py is the job's own code, read by the job's uid (an unprivileged host uid in its user
+# namespace): readable by all, whatever the daemon's 077 umask made it. Other local users
+# cannot reach it: jobs_dir is 0700.
+SCRIPT_MODE = 0o644
 MAX_ENGINE_ERROR_CHARS = 500  # of the engine's text, carried in a horde failure's context
 MIB = 1024 * 1024
 
@@ -89,6 +94,7 @@ class JobContainer:
         if not request.raw_script:
             return None
         self.dirs.script.write_text(request.raw_script)
+        os.chmod(self.dirs.script, SCRIPT_MODE)
         return self.dirs.script
 
     @staticmethod

@@ -1,7 +1,9 @@
 """Secrets at rest on the executor host, against real podman, files and sockets: a job's env,
 its volume's presigned URL and its upload's presigned URL. While the job runs, the only file
 that holds any of them is running.json, 0600, with the upload URL alone (a resume needs it);
-once the job has ended no file under the jobs dir holds any of them, kept job dirs included."""
+once the job has ended no file under the jobs dir holds any of them, kept job dirs included.
+And the daemon's 077 umask, which keeps such files private, does not lock the job out of what
+it is given."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from agent_common.private import DAEMON_UMASK
 from executor_agent.daemon.recovery import STATE_FILE
 from executor_agent.executor_config import AgentConfig
 from horde_protocol.link_frames import Payload, Submit
 from tests.fixtures.httpserver import LocalHttpServer, respond, serve_bytes
-from tests.fixtures.podman import containers_with_label, podman_cli
-from tests.integration.test_executor_agent import initial, job_request
+from tests.fixtures.podman import LinkClient, containers_with_label, podman_cli
+from tests.integration.test_executor_agent import initial, job_request, run_job
 from tests.integration.test_executor_hostile import agent_with
 
 pytestmark = pytest.mark.podman
@@ -98,3 +101,16 @@ async def test_no_secret_outlives_the_job(agent_config: AgentConfig, busybox_ima
     assert ENV_SECRET not in logged and UPLOAD_SIGNATURE not in logged and VOLUME_SIGNATURE not in logged
     for cid in containers_with_label(job_uuid):
         podman_cli("rm", "-f", cid)
+
+
+async def test_the_daemon_umask_still_lets_the_job_read_its_script(link_client: LinkClient, busybox_image: str) -> None:
+    # `executor-agent serve` runs with umask 077 (agent_common/private.py); the job's root is
+    # another host uid (a user namespace), so a 0600 /script.py was "Permission denied"
+    old = os.umask(DAEMON_UMASK)
+    try:
+        _, events = await run_job(link_client, busybox_image, [], raw_script="echo from-script")
+    finally:
+        os.umask(old)
+    finished = events[-1].message
+    assert finished.message_type == "V0JobFinishedRequest", finished
+    assert finished.docker_process_stdout == "from-script\n"
