@@ -7,7 +7,9 @@ stranger's connection is bounded here, at the transport, before aiohttp parses a
 * time: a connection must deliver a complete HTTP request header within `HEADER_TIMEOUT_S`
   (slowloris, idle TCP); a websocket then has `AUTH_TIMEOUT_S` to authenticate (the handler's
   own timer, not frame arrival, enforces that);
-* sockets: at most `UNAUTH_PER_ADDRESS` unauthenticated connections per source address and
+* sockets: new connections per source address come from a token bucket (a burst of
+  `UNAUTH_PER_ADDRESS`, then `NEW_CONNS_PER_ADDRESS_PER_S`), at most `UNAUTH_PER_ADDRESS`
+  unauthenticated connections per source address and
   `UNAUTH_TOTAL` in all; at the total a stranger is dropped to make room (the oldest of those
   that never finished a request header, else the oldest), so a flood of idle sockets cannot lock
   out a validator that connects and authenticates at once, even when the flood's backlog is
@@ -42,6 +44,10 @@ AUTH_TIMEOUT_S = 60.0  # websocket upgrade -> ValidatorAuthForMiner checked (the
 KEEPALIVE_TIMEOUT_S = 15.0  # idle HTTP keep-alive connection (receipt-page fetchers) is closed after this
 UNAUTH_PER_ADDRESS = 32  # a validator opens a few at a time (manifest polls, a job, receipt pages)
 UNAUTH_TOTAL = 512  # strangers' sockets in all; far below LimitNOFILE (65536) in the unit
+# New connections per source address: a burst of UNAUTH_PER_ADDRESS, then this many per second.
+# Without it a stranger that reconnects as fast as it is dropped pushed 170-320 MiB/s through the
+# pre-auth path (bench/validator_port.py); validators open a few connections a minute.
+NEW_CONNS_PER_ADDRESS_PER_S = 10.0
 PRE_AUTH_MAX_FRAME_BYTES = 8 * 1024 * 1024  # one frame before auth: an offer with a ~6 MiB inline zip (base64)
 PRE_AUTH_QUEUE_BYTES = 8 * 1024 * 1024  # frames queued until the handshake, in all
 PRE_AUTH_BYTES_PER_CONN = PRE_AUTH_QUEUE_BYTES + 1024 * 1024  # the queue, the upgrade request and the auth frame
@@ -77,7 +83,9 @@ class ConnectionGuard:
     bytes_total: int = PRE_AUTH_BYTES_TOTAL
     header_timeout_s: float = HEADER_TIMEOUT_S
     clock: Callable[[], float] = time.monotonic
+    new_per_address_per_s: float = NEW_CONNS_PER_ADDRESS_PER_S
     stats: GuardStats = field(default_factory=GuardStats)
+    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # address -> (tokens, at)
     _strangers: OrderedDict[Hashable, _Stranger] = field(default_factory=OrderedDict)  # oldest first
     _per_address: dict[str, int] = field(default_factory=dict)
     _bytes: int = 0
@@ -93,7 +101,7 @@ class ConnectionGuard:
     def opened(self, key: Hashable, address: str) -> list[Hashable]:
         """A new connection. Returns `[key]` to refuse it (its address is at its cap), or the
         oldest strangers to drop so it fits under the total."""
-        if self._per_address.get(address, 0) >= self.per_address:
+        if self._per_address.get(address, 0) >= self.per_address or not self._take_token(address):
             self.stats.refused_per_address += 1
             return [key]
         close: list[Hashable] = []
@@ -107,6 +115,20 @@ class ConnectionGuard:
         self._strangers[key] = _Stranger(address, self.clock())
         self._per_address[address] = self._per_address.get(address, 0) + 1
         return close
+
+    def _take_token(self, address: str) -> bool:
+        """Token bucket per address: UNAUTH_PER_ADDRESS at once, refilled at new_per_address_per_s."""
+        now = self.clock()
+        tokens, at = self._tokens.get(address, (float(self.per_address), now))
+        tokens = min(float(self.per_address), tokens + (now - at) * self.new_per_address_per_s)
+        if tokens < 1.0:
+            self._tokens[address] = (tokens, now)
+            return False
+        self._tokens[address] = (tokens - 1.0, now)
+        if len(self._tokens) > 4 * self.total:  # forget full buckets, so addresses cannot grow this map
+            self._tokens = {a: v for a, v in self._tokens.items() if v[0] + (now - v[1]) * self.new_per_address_per_s
+                            < self.per_address}
+        return True
 
     def received(self, key: Hashable, nbytes: int) -> list[Hashable]:
         """Bytes arrived on a connection; over a budget, who must go."""

@@ -103,6 +103,22 @@ async def test_one_address_cannot_take_more_than_its_share(miner_config, start_m
         w.close()
 
 
+async def test_an_address_that_reconnects_as_fast_as_it_is_dropped_is_refused(miner_config, start_miner) -> None:
+    """A burst, then NEW_CONNS_PER_ADDRESS_PER_S: reconnecting after every drop does not get a
+    stranger a fresh pre-auth budget as fast as it can dial."""
+    agent = await start_miner(miner_config)
+    for _ in range(UNAUTH_PER_ADDRESS + 20):  # never more than one open at a time: only the rate can refuse
+        _, writer = await _open(agent.port, "127.0.1.9")
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    stats = agent.ctx.guard.guard.stats
+    assert stats.refused_per_address >= 10, stats
+    other_r, other_w = await _open(agent.port, "127.0.1.10")
+    assert not await _closed_within(other_r, 0.3)
+    other_w.close()
+
+
 async def test_a_far_future_auth_frame_is_refused_on_the_wire(miner_config, start_miner, validator_key) -> None:
     agent = await start_miner(miner_config)
     sim = sim_for(agent, validator_key)

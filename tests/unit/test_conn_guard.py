@@ -14,7 +14,7 @@ class Clock:
 
 
 def test_an_address_at_its_cap_is_refused_others_are_not() -> None:
-    guard = ConnectionGuard(per_address=2, total=10)
+    guard = ConnectionGuard(per_address=2, total=10, new_per_address_per_s=1e9)  # the rate is tested below
     assert guard.opened("a1", "10.0.0.1") == [] and guard.opened("a2", "10.0.0.1") == []
     assert guard.opened("a3", "10.0.0.1") == ["a3"]
     assert guard.opened("b1", "10.0.0.2") == []
@@ -37,7 +37,7 @@ def test_at_the_total_the_oldest_without_a_header_makes_room() -> None:
 
 
 def test_authenticated_connections_leave_the_books() -> None:
-    guard = ConnectionGuard(per_address=1, total=1, bytes_per_conn=10)
+    guard = ConnectionGuard(per_address=1, total=1, bytes_per_conn=10, new_per_address_per_s=1e9)
     guard.opened("v", "10.0.0.1")
     guard.authenticated("v")
     assert guard.unauthenticated == 0
@@ -69,3 +69,16 @@ def test_a_header_must_arrive_in_time() -> None:
     clock.now += 0.2
     assert guard.expired() == ["slow"]
     assert guard.unauthenticated == 1 and guard.stats.closed_header_timeout == 1
+
+
+def test_an_address_that_reconnects_as_fast_as_it_is_dropped_is_slowed_down() -> None:
+    clock = Clock()
+    guard = ConnectionGuard(per_address=4, total=100, new_per_address_per_s=2.0, clock=clock)
+    for i in range(4):  # the burst
+        assert guard.opened(f"c{i}", "1") == []
+        guard.closed(f"c{i}")
+    assert guard.opened("c4", "1") == ["c4"]  # no tokens left, although no socket is open
+    assert guard.opened("other", "2") == []
+    clock.now += 0.5  # one token back
+    assert guard.opened("c5", "1") == []
+    assert guard.opened("c6", "1") == ["c6"]
