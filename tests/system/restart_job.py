@@ -41,7 +41,8 @@ async def main() -> None:
     request = V0JobRequest(
         job_uuid=initial.job_uuid, executor_class=executor_class.value, docker_image=image,
         docker_run_options_preset="nvidia_all" if EXECUTOR_CLASS_SPECS[executor_class].has_gpu else "none",
-        docker_run_cmd=["sh", "-c", "sleep 8; cat /volume/in.txt; echo survived; ls /dev | grep fakegpu || true"],
+        docker_run_cmd=["sh", "-c", ("sleep 8; cat /volume/in.txt; echo survived; ls /dev | grep fakegpu || true; "
+                                     "cat /proc/self/uid_map")],
     )
     job = asyncio.create_task(sim.run_job(initial, request))
     report: dict[str, object] = {"job_uuid": str(initial.job_uuid), "validator": sim.hotkey}

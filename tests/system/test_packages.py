@@ -27,6 +27,8 @@ CONFIG_IMAGE = "127.0.0.1:5000/systest/preload-config:1"
 MAX_EXPOSURE = {"miner-agent.service": 2.0, "executor-agent.service": 2.5}
 ACTIVE_TIMEOUT_S = 30.0
 VALIDATOR_WALLETS = "/root/validator-wallets"
+# As `nvidia-ctk cdi generate` writes it, the device's host path is its container path: in a job's
+# user namespace runc bind-mounts the node from there (it cannot mknod). The test makes the node.
 FAKE_CDI_SPEC = """\
 cdiVersion: "0.5.0"
 kind: nvidia.com/gpu
@@ -35,8 +37,25 @@ devices:
   containerEdits:
     deviceNodes:
     - path: /dev/fakegpu0
-      hostPath: /dev/null
 """
+FAKE_GPU_NODE = "mknod -m 0666 /dev/fakegpu0 c 1 3"  # a copy of /dev/null, like /dev/nvidia0 (0666)
+LINK_GROUP = "executor-agent-link"  # the agent socket's group; a local miner-agent is in it
+PODMAN_GROUP = "executor-agent-podman"  # the podman socket's group; only the agent's units hold it
+SUBIDS = "containers:2147483647:2147483648"
+# Connects to a unix socket and prints the first line it answers (after a GET for podman's API),
+# or the error's name.
+SOCKET_PROBE = """\
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    if sys.argv[2:] == ["http"]:
+        s.sendall(b"GET /_ping HTTP/1.0\\r\\nHost: d\\r\\n\\r\\n")
+    print(s.makefile().readline().strip())
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+PROBE_PATH = "/usr/local/bin/socket-probe.py"
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
 
@@ -58,6 +77,7 @@ def test_install_without_a_hotkey_starts_the_executor_and_explains_the_miner(mac
     for name, path in debs.items():
         machine.copy_in(path, f"/root/{name}.deb")
     machine.sh(f"mkdir -p /etc/cdi && cat > /etc/cdi/fake-nvidia.yaml <<'EOF'\n{FAKE_CDI_SPEC}EOF")
+    machine.sh(f"test -e /dev/fakegpu0 || {FAKE_GPU_NODE}")
     started = time.monotonic()
     run = machine.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y "
                      "/root/executor-agent.deb /root/miner-agent.deb 2>&1")
@@ -73,11 +93,18 @@ def test_install_without_a_hotkey_starts_the_executor_and_explains_the_miner(mac
     for user, home in (("miner-agent", "/var/lib/miner-agent"), ("executor-agent", "/var/lib/executor-agent")):
         entry = machine.sh(f"getent passwd {user}").out.split(":")
         assert entry[5] == home and entry[6].strip() == "/usr/sbin/nologin"
-    assert "executor-agent" in machine.sh("id -nG miner-agent").out.split()
+    # The miner reaches the agent's socket through its own group, and nothing of podman's.
+    miner_groups = machine.sh("id -nG miner-agent").out.split()
+    assert LINK_GROUP in miner_groups, miner_groups
+    assert "executor-agent" not in miner_groups and PODMAN_GROUP not in miner_groups, miner_groups
+    assert machine.sh(f"getent group {PODMAN_GROUP}").out.strip().split(":")[3] == ""  # no member at all
     assert machine.sh("stat -c '%U %G %a' /run/executor-agent/agent.sock").out.split() == \
-        ["executor-agent", "executor-agent", "660"]
-    assert machine.sh("stat -c '%G %a' /run/podman/podman.sock").out.split() == ["executor-agent", "660"]
-    assert machine.sh("stat -c '%a' /run/podman").out.strip() == "711"
+        ["executor-agent", LINK_GROUP, "660"]
+    assert machine.sh("stat -c '%G %a' /run/podman/podman.sock").out.split() == [PODMAN_GROUP, "660"]
+    assert machine.sh("stat -c '%a' /run/podman /run/executor-agent").out.split() == ["711", "711"]
+    # Subordinate ids for the job containers' user namespaces, once each.
+    for path in ("/etc/subuid", "/etc/subgid"):
+        assert machine.sh(f"grep '^containers:' {path}").out.splitlines() == [SUBIDS], path
 
 
 def test_configured_miner_is_active_and_logs_to_the_journal(machine: Machine) -> None:
@@ -103,6 +130,27 @@ def test_configured_miner_is_active_and_logs_to_the_journal(machine: Machine) ->
         "journalctl -u miner-agent -o json --no-pager -g 'miner-agent started'").out.splitlines()]
     assert entries and entries[-1]["PRIORITY"] == "6" and not entries[-1]["MESSAGE"].startswith("<")
     assert entries[-1]["SYSLOG_IDENTIFIER"] == "miner-agent"
+
+
+def test_only_the_executor_agents_units_reach_the_podman_socket(machine: Machine) -> None:
+    """Podman's socket is root-equivalent: the internet-facing miner must not reach it, nor an SSH
+    login as executor-agent (the remote miner's socket forwarding, groups from /etc/group); the
+    agent's units hold its group through SupplementaryGroups= only."""
+    machine.sh(f"cat > {PROBE_PATH} <<'EOF'\n{SOCKET_PROBE}EOF\nchmod 0755 {PROBE_PATH}")
+    podman = f"/usr/bin/python3 {PROBE_PATH} /run/podman/podman.sock http"
+    agent = f"/usr/bin/python3 {PROBE_PATH} /run/executor-agent/agent.sock"
+    assert machine.sh(f"runuser -u miner-agent -- {podman}").out.strip() == "PermissionError"
+    assert machine.sh(f"runuser -u executor-agent -- {podman}").out.strip() == "PermissionError"
+    assert machine.sh(f"runuser -u nobody -- {podman}").out.strip() == "PermissionError"
+    as_the_unit = ("systemd-run --quiet --wait --pipe -p User=executor-agent -p Group=executor-agent "
+                   f"-p 'SupplementaryGroups={PODMAN_GROUP} {LINK_GROUP}' {podman}")
+    assert machine.sh(as_the_unit).out.strip() == "HTTP/1.0 200 OK"
+    pid = machine.unit("executor-agent", "MainPID")
+    gid = machine.sh(f"getent group {PODMAN_GROUP}").out.split(":")[2]
+    assert gid in machine.sh(f"grep '^Groups:' /proc/{pid}/status").out.split()
+    # The agent's own socket: the local miner connects (the agent's Hello), others do not.
+    assert '"link":"hello"' in machine.sh(f"runuser -u miner-agent -- {agent}").out.replace(" ", "")
+    assert machine.sh(f"runuser -u nobody -- {agent}").out.strip() == "PermissionError"
 
 
 def test_units_verify_cleanly_and_are_hardened(machine: Machine) -> None:
@@ -145,6 +193,9 @@ def test_restarting_the_executor_agent_mid_job_loses_nothing(machine: Machine) -
     assert report["types"][-1] == "V0JobFinishedRequest", report
     assert "kept" in report["stdout"] and "survived" in report["stdout"], report
     assert "fakegpu0" in report["stdout"], "the nvidia_all preset did not reach the CDI device"
+    # It ran in a user namespace: container root is an unprivileged host uid.
+    uid_map = re.search(r"^\s*0\s+(\d+)\s+(\d+)\s*$", report["stdout"], re.MULTILINE)
+    assert uid_map and int(uid_map.group(1)) >= 65536 and int(uid_map.group(2)) == 65536, report["stdout"]
     assert f"job resumed job={report['job_uuid']}" in machine.journal("executor-agent")
 
 
