@@ -178,8 +178,10 @@ class DiskWatch:
         watched = (self.dirs.output, self.dirs.artifacts, self.dirs.volume)
         layer = 0  # the container's layer and log at the last full measurement
         full_mark: _Mark | None = None  # the last full measurement
-        look_mark: _Mark | None = None  # the last look of either kind
         last_at = self.clock()
+        # the last look of either kind; before the first one, nothing held: the dirs are walked
+        # once the filesystems grew by half the limit, also while the first full one waits
+        look_mark = _Mark(0, fs_used_bytes(watched), last_at)
         next_at = last_at  # the first measurement at once: a job may write from its first instant
         full: asyncio.Task[tuple[int, int | None]] | None = None
         launched = _Mark(0, 0, 0.0)
@@ -202,7 +204,7 @@ class DiskWatch:
                         last_used = full_mark.used if full_mark is not None else None
                         next_at = measured_at + self._next_interval(used, last_used, measured_at - last_at)
                         full_mark, last_at = _Mark(used, launched.fs, launched.at), measured_at
-                        if look_mark is None or look_mark.at <= full_mark.at:
+                        if look_mark.at <= full_mark.at:
                             look_mark = full_mark
                     full = None
                 now = self.clock()
@@ -212,7 +214,7 @@ class DiskWatch:
                 if full is None and (now >= next_at or full_suspect):
                     launched = _Mark(0, fs_now, now)
                     full = asyncio.create_task(self.measure())
-                elif look_mark is not None and look_mark.suspect(fs_now, self.limit_bytes):
+                elif look_mark.suspect(fs_now, self.limit_bytes):
                     in_dirs = await self._dirs_bytes_or_zero()
                     if in_dirs > self.limit_bytes:
                         self.measurements += 1
