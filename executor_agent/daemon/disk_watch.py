@@ -7,18 +7,22 @@ a check, not a quota, and a writer overshoots by what it writes between a check 
 
 The old check measured every `disk_check_interval_s` (2 s) and nothing else, so the overshoot
 was the write rate times up to 2 s: a `dd` of 4,000 MiB under a 500 MiB limit was stopped
-only at 1.7-2.3 GiB on a fast disk. Two things make it small:
+only at 1.7-2.3 GiB on a fast disk. Three things make it small:
 
 * a cheap trigger: every DISK_TRIGGER_POLL_S the used blocks of the filesystems under the job
   dirs are read with statvfs (one syscall). When they grew by a share of the job's headroom
-  since the last measurement, the job is measured at once. That growth is every writer's on
-  the filesystem, so it can only call a measurement early, never skip one (a deletion
-  elsewhere could hide the job's growth): the periodic measurement stays.
-* an adaptive period: the next measurement comes sooner when the last ones saw the job grow
-  fast, so it lands before the job would reach its limit at that rate; this covers a
+  since the last look, the job dirs (/output, artifacts) are walked at once, at every poll
+  while that lasts, and a full measurement (with the engine's size of the container layer) is
+  started. That growth is every writer's on the filesystem, so it can only call a look early,
+  never skip one (a deletion elsewhere could hide the job's growth): the periodic measurement
+  stays.
+* an adaptive period: the next full measurement comes sooner when the last ones saw the job
+  grow fast, so it lands before the job would reach its limit at that rate; this covers a
   container layer on another filesystem than the jobs dir.
+* the walks go on while a full measurement waits for the engine, and when the job dirs alone
+  are past the limit the engine is not asked at all.
 
-Measurements are at least DISK_CHECK_MIN_INTERVAL_S apart, which bounds what the watchdog
+Full measurements are at least DISK_CHECK_MIN_INTERVAL_S apart, which bounds what the watch
 costs podman. A job that exits before a check saw it over its limit is measured once more at
 its exit.
 
@@ -238,7 +242,11 @@ class DiskWatch:
             if state is not None and state.pid and state.status == "running":
                 fd = await asyncio.to_thread(open_init_pidfd, state.pid, self.container_id)
                 if fd is not None:
-                    again = await self.engine.state(self.container_id)
+                    try:
+                        again = await self.engine.state(self.container_id)
+                    except BaseException:
+                        os.close(fd)
+                        raise
                     if again is not None and again.pid == state.pid and again.status == "running":
                         self._init_pidfd = fd
                     else:
