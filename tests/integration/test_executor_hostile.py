@@ -4,22 +4,18 @@ memory, the GPU preset without and with a CDI spec, and what cleanup leaves behi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
 import time
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from executor_agent.daemon.server import ExecutorAgent
 from executor_agent.executor_config import AgentConfig
 from horde_protocol.link_frames import Payload, Submit
-from tests.fixtures.podman import LinkClient, containers_with_label, podman_cli
+from tests.fixtures.podman import LinkClient, agent_with, containers_with_label, podman_cli
 from tests.integration.test_executor_agent import initial, job_request, run_job, types
 
 pytestmark = pytest.mark.podman
@@ -45,20 +41,6 @@ NULL_DEVICE = (1, 3)
 MIB = 1024 * 1024
 
 
-@contextlib.asynccontextmanager
-async def agent_with(config: AgentConfig, *, container: dict[str, Any] | None = None,
-                     **updates: Any) -> AsyncIterator[tuple[ExecutorAgent, LinkClient]]:
-    if container:
-        updates["container"] = config.container.model_copy(update=container)
-    agent = ExecutorAgent(config.model_copy(update=updates))
-    await agent.start()
-    client = await LinkClient.connect(agent.config.socket_path)
-    await client.recv()  # hello
-    try:
-        yield agent, client
-    finally:
-        await client.close()
-        await agent.stop()
 
 
 def vm_hwm_kib() -> int:

@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,12 @@ from executor_agent.container.job_spec import JOB_CAPABILITIES, USERNS_SIZE
 from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.job_container import USERNS_MESSAGE
 from executor_agent.daemon.jobdirs import JOBS_DIR_MODE, SHARED_DIR_MODE
-from executor_agent.daemon.server import ExecutorAgent
 from executor_agent.executor_config import AgentConfig
 from tests.fixtures.httpserver import LocalHttpServer, respond
 from tests.fixtures.podman import (
     CONTAINERS_CONF,
     SOCKET_APPEAR_TIMEOUT_S,
-    LinkClient,
+    agent_with,
     containers_with_label,
     podman_cli,
 )
@@ -95,19 +94,6 @@ def payload_volume() -> dict[str, Any]:
     return {"volume_type": "inline", "contents": base64.b64encode(buf.getvalue()).decode()}
 
 
-@contextlib.asynccontextmanager
-async def agent_keeping_dirs(config: AgentConfig) -> AsyncIterator[tuple[ExecutorAgent, LinkClient]]:
-    """An agent that keeps job dirs and containers after a job, so the test can look at what
-    the job left on the host."""
-    agent = ExecutorAgent(config.model_copy(update={"keep_job_dirs": True}))
-    await agent.start()
-    client = await LinkClient.connect(agent.config.socket_path)
-    await client.recv()  # hello
-    try:
-        yield agent, client
-    finally:
-        await client.close()
-        await agent.stop()
 
 
 @contextlib.contextmanager
@@ -151,7 +137,7 @@ def remove_setuid_files(*roots: Path) -> None:
 async def test_a_root_job_cannot_leave_a_setuid_root_binary(agent_config: AgentConfig, busybox_image: str,
                                                             http_server: LocalHttpServer) -> None:
     upload_url = http_server.route("PUT", "/out.zip", respond(200, body=b"stored"))
-    async with agent_keeping_dirs(agent_config) as (_agent, client):
+    async with agent_with(agent_config, keep_job_dirs=True) as (_agent, client):
         job_uuid, events = await run_job(client, busybox_image, ["/bin/sh", "-c", PROBE],
                                          init_kw={"volume": payload_volume()}, artifacts_dir="/art",
                                          output_upload={"output_upload_type": "zip_and_http_put", "url": upload_url})
@@ -235,7 +221,7 @@ async def test_control_the_same_attack_without_the_isolation_yields_host_root(
 async def test_a_host_without_subordinate_ids_refuses_the_job_instead_of_running_it_as_root(
         agent_config: AgentConfig, busybox_image: str, podman_without_subids: str) -> None:
     config = agent_config.model_copy(update={"podman_url": podman_without_subids})
-    async with agent_keeping_dirs(config) as (_agent, client):
+    async with agent_with(config, keep_job_dirs=True) as (_agent, client):
         job_uuid, events = await run_job(client, busybox_image, ["/bin/sh", "-c", "echo ran > /output/ran"])
     failed = events[-1].message
     assert (failed.message_type, failed.reason, failed.message) == (
