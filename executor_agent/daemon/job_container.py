@@ -30,6 +30,7 @@ from executor_agent.daemon.disk_watch import DiskWatch
 from executor_agent.daemon.failures import HordeFailure, JobFailure
 from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.executor_config import AgentConfig, ImagePolicy
+from executor_agent.net.egress import EgressRefused, check_registry
 from executor_agent.outputs import collect as outputs
 from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobStage
 from horde_protocol.messages import V0JobRequest
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CONTAINER_TIMEOUT_MESSAGE = "Job container timed out during execution"
 PULL_FAILED_MESSAGE = "Failed to pull docker image"
+REGISTRY_REFUSED_MESSAGE = "Job image not pulled: its registry is not reachable for jobs"
 START_SETTLE_TIMEOUT_S = 30.0  # a cancelled start may still finish; wait this long to learn its id
 DISK_LIMIT_MESSAGE = ("Job container exceeded its disk limit of {limit_mib} MiB (it used {used_mib} MiB in /volume, "
                       "/output, artifacts, its own filesystem and its logs) and was killed")
@@ -81,11 +83,21 @@ class JobContainer:
         self._ensured_images: set[str] = set()
 
     async def ensure_image(self, image: str) -> None:
-        """Present locally (pulled first when the policy allows); once per image per job."""
+        """Present locally (pulled first when the policy allows); once per image per job.
+
+        A pull goes where the image name says, and the name is the job author's: a registry on
+        loopback, a private network or this host is refused like a volume URL (net/egress.py),
+        as the job's own failure. Images already here (preloaded) need no pull and no check."""
         if image in self._ensured_images:
             return
         pull = self.config.image_policy == ImagePolicy.LOCAL_OR_PULL
-        if not await self.engine.ensure_image(image, pull=pull, timeout_s=self.config.image_pull_timeout_s):
+        timeout_s = self.config.image_pull_timeout_s
+        if pull and not await self.engine.ensure_image(image, pull=False, timeout_s=timeout_s):
+            try:
+                await check_registry(self.config.egress.policy, image)
+            except EgressRefused as exc:
+                raise JobFailure(JobFailureReason.UNKNOWN, f"{REGISTRY_REFUSED_MESSAGE}: {exc}") from exc
+        if not await self.engine.ensure_image(image, pull=pull, timeout_s=timeout_s):
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR, PULL_FAILED_MESSAGE, {"docker_image": image})
         self._ensured_images.add(image)
 

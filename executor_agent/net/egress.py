@@ -23,6 +23,7 @@ A refusal is `EgressRefused`; the downloaders and the uploader turn it into thei
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -350,3 +351,54 @@ __all__ = [
     "literal_address",
     "refusal_reason",
 ]
+
+
+REGISTRY_PORT = 443  # podman reaches a registry named without a port over HTTPS
+
+
+def registry_of(image: str) -> tuple[str, int] | None:
+    """The registry host and port a pull of `image` connects to, or None for a short name
+    (`busybox`, `library/x`): those resolve through the operator's registries.conf search list,
+    which is the operator's choice, not the job author's. As in the container tools, the first
+    path component names a registry when it has a dot or a port, or is `localhost`."""
+    first, sep, _ = image.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        return None
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", first)
+    if bracketed:
+        return bracketed.group(1), int(bracketed.group(2) or REGISTRY_PORT)
+    host, _, port = first.partition(":")
+    return host, int(port) if port.isdigit() else REGISTRY_PORT
+
+
+async def check_registry(policy: EgressPolicy, image: str) -> None:
+    """Raise EgressRefused when pulling `image` would connect where a job may not reach: the
+    image name is the job author's, and podman pulls as root from this host's network.
+
+    The name is resolved here and each address checked, as for volume URLs. podman resolves it
+    again for the pull and follows the registry's own redirects (blob CDNs) without us, so a
+    name that changes its answer between the two lookups is not caught: operators who need that
+    closed pull only preloaded images (`image_policy = "local_only"`)."""
+    target = registry_of(image)
+    if target is None:
+        return
+    host, port = target
+    if policy.allows_name(host, port):
+        return
+    address = literal_address(host)
+    if address is not None:
+        policy.check_address(address, port, host)
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # unresolvable: the pull fails on its own, with podman's error
+    refused: list[EgressRefused] = []
+    for info in infos:
+        try:
+            policy.check_address(ipaddress.ip_address(info[4][0]), port, host)
+        except EgressRefused as exc:
+            refused.append(exc)
+    if refused:  # any refused answer: podman may pick that one
+        raise refused[0]
