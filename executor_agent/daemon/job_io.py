@@ -8,6 +8,7 @@ else propagates as ours.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from executor_agent.daemon.failures import HordeFailure, JobFailure
@@ -42,6 +43,8 @@ async def fetch_inputs(initial: V0InitialJobRequest, request: V0JobRequest, dirs
     await asyncio.to_thread(chmod_tree, dirs.volume)
 
 
+log = logging.getLogger(__name__)
+
 @dataclass(frozen=True)
 class Results:
     """What V0JobFinishedRequest carries besides the logs."""
@@ -65,6 +68,9 @@ async def deliver_outputs(request: V0JobRequest, result: ContainerResult, dirs: 
             upload_limits = UploadLimits(egress=config.egress.policy)
             upload_results = await upload_outputs(request.output_upload, dirs.output, upload_limits)
         except UploadError as exc:
+            # The validator gets the stock text; the operator's log says why (a refused address, a
+            # 403, a size cap), redacted like every URL in our logs.
+            log.warning("upload failed job_error=%r", str(exc)[:500])
             raise JobFailure(JobFailureReason.UPLOAD_FAILED, UPLOAD_FAILED_MESSAGE, exit_status=result.exit_code,
                              stdout=result.stdout.text(), stderr=result.stderr.text()) from exc
     return Results(artifacts, upload_results)
