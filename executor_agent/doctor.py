@@ -125,11 +125,43 @@ def check_job_runner(config: AgentConfig) -> Result:
     return "ok", f"job_runner {config.job_runner} loads"
 
 
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+SUBID_USER = "containers"  # whose ranges podman's userns=auto hands out
+
+
+def subid_ranges(path: Path, user: str = SUBID_USER) -> int:
+    """How many subordinate ids `user` has in a /etc/subuid-format file (0 when none)."""
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] == user and parts[2].isdigit():
+            total += int(parts[2])
+    return total
+
+
+def check_subids(config: AgentConfig, files: tuple[Path, ...] = SUBID_FILES) -> Result:
+    """Every job runs in its own user namespace of USERNS_SIZE ids; without ranges no job starts."""
+    from executor_agent.container.job_spec import USERNS_SIZE
+
+    counts = {path: subid_ranges(path) for path in files}
+    short = [str(path) for path, n in counts.items() if n < USERNS_SIZE * max(1, config.slots)]
+    if short:
+        return "FAIL", (f"{' and '.join(short)} give `{SUBID_USER}` fewer than {USERNS_SIZE} ids per slot: jobs cannot "
+                        f"get a user namespace; add `{SUBID_USER}:2147483647:2147483648` to both and restart podman")
+    jobs = min(counts.values()) // USERNS_SIZE
+    return "ok", f"`{SUBID_USER}` has subordinate ids for {jobs} concurrent job user namespaces"
+
+
 CHECKS: list[tuple[str, Callable[[AgentConfig], Result]]] = [
     ("podman API", check_podman),
     ("directories", check_directories),
     ("disk", check_disk),
     ("GPU / CDI", check_gpu),
+    ("user namespaces", check_subids),
     ("preloaded images", check_images),
     ("job runner", check_job_runner),
 ]

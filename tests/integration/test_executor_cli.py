@@ -31,7 +31,7 @@ async def test_doctor_on_a_ready_host(tmp_path, podman_socket, busybox_image) ->
     code, out, err = await _cli("doctor", "--config", str(cfg))
     lines = {line[6:23].strip(): line[:4].strip() for line in out.splitlines()[:-1]}
     assert lines == {"podman API": "ok", "directories": "ok", "disk": lines["disk"], "GPU / CDI": "warn",
-                     "preloaded images": "ok", "job runner": "ok"}, out
+                     "user namespaces": "ok", "preloaded images": "ok", "job runner": "ok"}, out
     assert "all 1 preload images are present" in out
     if lines["disk"] == "FAIL":  # a nearly full test machine: the one honest failure
         assert code == 1 and "jobs need at least" in out
