@@ -21,7 +21,6 @@ from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor, Mana
 from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
 
-pytestmark = pytest.mark.podman
 
 CLASS = "always_on.test"
 EXAMPLE = "miner_agent.fleet.examples.subprocess_manager:SubprocessExecutorManager"
@@ -57,6 +56,7 @@ def _job(sim, image, cmd):
     return initial, request
 
 
+@pytest.mark.podman
 async def test_example_manager_runs_a_job_in_its_own_agent_and_cleans_up(
         miner_config, start_miner, podman_socket, busybox_image, validator_key) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix="mgr-"))
@@ -82,6 +82,7 @@ async def test_example_manager_runs_a_job_in_its_own_agent_and_cleans_up(
     assert not agent.ctx.fleet.managed and not agent.ctx.fleet.managed_class
 
 
+@pytest.mark.podman
 async def test_manager_capacity_is_respected(miner_config, start_miner, podman_socket, busybox_image,
                                              validator_key) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix="mgr-"))

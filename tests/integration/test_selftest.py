@@ -11,7 +11,6 @@ from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim
 from tests.fixtures.miner import run_cli, write_config
 
-pytestmark = pytest.mark.podman
 
 CLASS = "always_on.test"
 
@@ -22,6 +21,7 @@ def selftest_config(miner_config, agent_config):
     return miner_config.model_copy(update={"executors": [local]})
 
 
+@pytest.mark.podman
 async def test_healthy_miner_passes_every_check(selftest_config, start_miner, executor_agent, busybox_image,
                                                 tmp_path) -> None:
     agent = await start_miner(selftest_config)
@@ -37,6 +37,7 @@ async def test_healthy_miner_passes_every_check(selftest_config, start_miner, ex
     assert not agent.ctx.is_known_validator(key)
 
 
+@pytest.mark.podman
 async def test_broken_executor_fails_the_self_test(selftest_config, start_miner, executor_agent, tmp_path) -> None:
     # The executor is up but cannot run the job: its image is not there (the agent runs local_only).
     agent = await start_miner(selftest_config)
