@@ -21,7 +21,6 @@ from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor, Mana
 from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
 
-
 CLASS = "always_on.test"
 EXAMPLE = "miner_agent.fleet.examples.subprocess_manager:SubprocessExecutorManager"
 

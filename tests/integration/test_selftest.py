@@ -11,7 +11,6 @@ from miner_agent.miner_config import LocalExecutor
 from miner_agent.selftest.simulator import ValidatorSim
 from tests.fixtures.miner import run_cli, write_config
 
-
 CLASS = "always_on.test"
 
 
