@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_preload_parser(sub)
     _add_specs_parser(sub)
+    _add_authorize_parser(sub)
     doctor = sub.add_parser("doctor", help="check that this host can run jobs (podman, disk, GPU/CDI, images)",
                             description="Checks the podman API service, the job and socket directories, free "
                             "disk, the GPU and its CDI spec, the preloaded job images and the job-runner plugin, "
@@ -122,6 +123,65 @@ def _specs(args: argparse.Namespace) -> int:
 # --- end specs ---------------------------------------------------------------------------------
 
 
+# --- authorize-miner (executor_agent/authorize.py) ---------------------------------------------
+
+AUTHORIZE_EPILOG = """\
+example (as root, on the executor host; the key is the miner host's id_ed25519.pub):
+  executor-agent authorize-miner 'ssh-ed25519 AAAAC3Nza... miner-agent'
+
+  Writes ~executor-agent/.ssh/authorized_keys (the key may open the agent socket and
+  nothing else: no shell, no TTY, no TCP or agent forwarding) and the sshd drop-in
+  /etc/ssh/sshd_config.d/executor-agent.conf, checks them with 'sshd -t', reloads ssh,
+  and prints the host_key line for the miner's [[executors]] entry. Safe to rerun.
+"""
+
+
+def _add_authorize_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from executor_agent import authorize as A
+
+    auth = sub.add_parser("authorize-miner", help="let a miner's SSH key reach the agent socket (and nothing else)",
+                          description="Authorize one miner public key for SSH mode, idempotently.",
+                          epilog=AUTHORIZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    auth.add_argument("public_key", metavar="PUBLIC_KEY", help="one line: 'ssh-ed25519 AAAA... comment'")
+    auth.add_argument("--config", type=Path, default=None, metavar="FILE",
+                      help=f"agent TOML config, for socket_path (default: {DEFAULT_CONFIG_PATH} if it exists)")
+    auth.add_argument("--user", default=A.DEFAULT_USER, help="the account the miner logs in as (default: %(default)s)")
+    auth.add_argument("--authorized-keys", type=Path, default=None, metavar="FILE",
+                      help="default: ~USER/.ssh/authorized_keys")
+    auth.add_argument("--sshd-dropin", type=Path, default=A.DEFAULT_DROPIN, metavar="FILE",
+                      help="default: %(default)s")
+    auth.add_argument("--sshd-config", type=Path, default=None, metavar="FILE",
+                      help="main sshd config passed to 'sshd -t -f' (default: sshd's own)")
+    auth.add_argument("--host-key", type=Path, default=A.DEFAULT_HOST_KEY, metavar="FILE",
+                      help="host public key to print for pinning (default: %(default)s)")
+    auth.add_argument("--no-reload", action="store_true", help="write and check, but do not reload ssh")
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    from executor_agent import authorize as A
+
+    try:
+        key = A.parse_public_key(args.public_key)
+        socket = load_config(args.config).socket_path
+        target = A.Target(user=args.user, socket=socket, dropin=args.sshd_dropin, host_key=args.host_key,
+                          authorized_keys=args.authorized_keys, sshd_config=args.sshd_config,
+                          reload=not args.no_reload)
+        outcome = A.authorize(key, target)
+    except (ConfigError, A.AuthorizeError) as exc:
+        print(f"executor-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as exc:
+        print(f"executor-agent: {exc.filename}: permission denied (run as root)", file=sys.stderr)
+        return EXIT_USAGE
+    changed = outcome.keys_changed or outcome.dropin_changed
+    print(f"{'authorized' if changed else 'already authorized'}: {key.line} in {outcome.authorized_keys}"
+          f"{'; ssh reloaded' if outcome.reloaded else ''}")
+    print(f"pin this host key in the miner's [[executors]] entry:\nhost_key = \"{outcome.host_key_line}\"")
+    return 0
+
+# --- end authorize-miner -----------------------------------------------------------------------
+
+
 def _run(coro_factory: object) -> None:
     try:
         import uvloop
@@ -138,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return _preload(args)
     if args.command == "specs":
         return _specs(args)
+    if args.command == "authorize-miner":
+        return _authorize(args)
     if args.command == "doctor":
         from executor_agent.doctor import run_doctor
 
