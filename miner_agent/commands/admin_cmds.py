@@ -17,11 +17,20 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _executor_rows(status: dict) -> list[list[str]]:
+    # The column keeps the error's first clause; the whole sentence (what to check) goes below.
     return [
         [e["name"], e["executor_class"], e["mode"], e["link"] + (" (drained)" if e["drained"] else ""),
-         f"{len(e['running_jobs'])}/{e['slots']}", e["last_error"]]
+         f"{len(e['running_jobs'])}/{e['slots']}", e["last_error"].split("; ", 1)[0]]
         for e in status["executors"]
     ]
+
+
+def _executor_table(status: dict) -> str:
+    """The table, then for each executor whose link is not up its full error, which names what to check."""
+    table = _table(_executor_rows(status), ["EXECUTOR", "CLASS", "MODE", "LINK", "JOBS", "LAST ERROR"])
+    why = [f"{e['name']} is {e['link']}: {e['last_error']}" for e in status["executors"]
+           if e["link"] != "up" and "; " in e["last_error"]]
+    return "\n".join([table, *(["", *why] if why else [])])
 
 
 async def status_command(config: MinerConfig, args: argparse.Namespace) -> int:
@@ -33,7 +42,7 @@ async def status_command(config: MinerConfig, args: argparse.Namespace) -> int:
     print(f"manifest: {json.dumps(status['manifest'])}   receipts stored: {status['receipts']}   "
           f"validator connections: {status['validator_connections']}")
     print()
-    print(_table(_executor_rows(status), ["EXECUTOR", "CLASS", "MODE", "LINK", "JOBS", "LAST ERROR"]))
+    print(_executor_table(status))
     print()
     jobs = [[j["job_uuid"], j["validator"], j["executor"], j["state"]] for j in status["jobs"]]
     print(_table(jobs, ["JOB", "VALIDATOR", "EXECUTOR", "STATE"]) if jobs else "no running jobs")
@@ -44,7 +53,7 @@ async def status_command(config: MinerConfig, args: argparse.Namespace) -> int:
 async def executors_command(config: MinerConfig, args: argparse.Namespace) -> int:
     if args.action == "list":
         _, status = await call(config.admin_socket, "GET", "/status")
-        print(_table(_executor_rows(status), ["EXECUTOR", "CLASS", "MODE", "LINK", "JOBS", "LAST ERROR"]))
+        print(_executor_table(status))
         return 0
     if not args.name:
         print(f"miner-agent: executors {args.action} needs an executor NAME (see `miner-agent executors list`)",

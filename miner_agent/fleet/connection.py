@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -249,15 +251,40 @@ class ExecutorLink:
 
 
 def _describe(exc: BaseException, entry: LocalExecutor | SshExecutor) -> str:
+    """One sentence per failure kind that names what to check, because this string is what
+    the operator sees: in the `executor link down` log line and in `miner-agent status`."""
+    if isinstance(entry, LocalExecutor):
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            return f"no executor agent listening on {entry.socket}; is executor-agent running?"
+        if isinstance(exc, TimeoutError):
+            return f"connect to {entry.socket} timed out after {CONNECT_TIMEOUT_S:.0f} s"
+        return f"{type(exc).__name__}: {exc}"
+    return _describe_ssh(exc, entry)
+
+
+UNREACHABLE_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT})
+
+
+def _describe_ssh(exc: BaseException, entry: SshExecutor) -> str:
+    where = f"{entry.host}:{entry.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return (
-            f"host key of {entry.host} does not match the pinned host_key of executor {entry.name}"  # type: ignore[union-attr]
-            f"; check the host, then update host_key in the config"
-        )
+        return (f"host key of {entry.host} does not match the pinned host_key of executor {entry.name}"
+                f"; check the host, then update host_key in the config")
     if isinstance(exc, asyncssh.PermissionDenied):
-        return f"ssh login refused for {entry.user}@{entry.host}; is the key in its authorized_keys?"  # type: ignore[union-attr]
-    if isinstance(exc, FileNotFoundError | ConnectionRefusedError) and isinstance(entry, LocalExecutor):
-        return f"no executor agent listening on {entry.socket}; is executor-agent running?"
-    if isinstance(exc, TimeoutError):
-        return "connect timed out"
+        return (f"ssh login refused for {entry.user}@{where} with key {entry.key_path}; authorize its .pub "
+                f"on the host (executor-agent authorize-miner '<key>'), or check user and key_path")
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return (f"ssh login to {entry.user}@{where} works but sshd refused the channel to {entry.socket} "
+                f"({exc.reason}); check on the host: the sshd drop-in needs AllowTcpForwarding local "
+                f"(OpenSSH gates socket channels on it, 'no' refuses them) and a PermitOpen that includes "
+                f"[{entry.socket}]:*, the authorized_keys line needs port-forwarding after restrict and "
+                f"a permitopen for that path, and {entry.socket} must exist (executor-agent running, same "
+                f"socket_path); executor-agent authorize-miner writes both files")
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve executor host {entry.host!r} ({exc.strerror}); check host in the config"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing accepts connections at {where}; is sshd running there, and is port right?"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, OSError) and exc.errno in UNREACHABLE_ERRNOS):
+        return (f"executor host {where} unreachable (no answer within {CONNECT_TIMEOUT_S:.0f} s or no route); "
+                f"check that it is up, the address, and firewalls between")
     return f"{type(exc).__name__}: {exc}"
