@@ -1,0 +1,111 @@
+"""Receipt page files: copy-append-rename with fsync, one rewrite at a time, grouped when busy.
+
+A page is rewritten whole (old bytes + new lines, fsync, rename) so a validator reading it never
+sees half a line. That costs a file copy and an fsync per rewrite, which on the event loop made a
+burst of offers wait for each other's fsync in turn. Here an offer's line is queued and the loop
+goes on; one worker thread writes everything queued by then, per page, in a single rewrite and
+fsync, and only then releases the offers waiting on it (group commit). So an answer still leaves
+only after its receipt's page is durable, as before, while a hundred offers share a few fsyncs.
+
+Every rewrite of a page file, from the worker or from synchronous callers on the loop (a
+JobAccepted/JobFinished receipt, `rebuild_pages`), takes one lock, so two rewrites never race and
+the file only ever grows by whole lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_common.private import private_open
+
+
+@dataclass
+class _Waiting:
+    line: str
+    done: asyncio.Future[OSError | None]
+
+
+@dataclass
+class PageWriter:
+    pages_dir: Path
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queued: dict[int, list[_Waiting]] = field(default_factory=dict)
+    _worker: asyncio.Task[None] | None = None
+
+    def path(self, page: int) -> Path:
+        return self.pages_dir / f"{page}.jsonl"
+
+    # -- synchronous: the caller's thread writes ---------------------------------------
+
+    def append_now(self, page: int, lines: list[str]) -> None:
+        """Append whole lines to a page and make it durable before returning; raises OSError."""
+        with self._lock:
+            path = self.path(page)
+            old = path.read_bytes() if path.exists() else b""
+            self._replace(path, old + "".join(line + "\n" for line in lines).encode())
+
+    def replace_now(self, page: int, lines: list[str]) -> None:
+        """Rewrite a page with exactly `lines` (a rebuild from the database); raises OSError."""
+        with self._lock:
+            self._replace(self.path(page), "".join(line + "\n" for line in lines).encode())
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with private_open(tmp) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # -- asynchronous: group commit ----------------------------------------------------
+
+    async def append(self, page: int, line: str) -> OSError | None:
+        """Queue one line; returns once a rewrite holding it is durable, with the OSError that
+        rewrite met (None when it is on disk). The loop runs other work meanwhile."""
+        done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(page, []).append(_Waiting(line, done))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain(), name="receipt-pages")
+        return await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        """Write what is queued, page by page, until nothing is: whatever queues up during one
+        rewrite goes into the next one together."""
+        while self._queued:
+            batch, self._queued = self._queued, {}
+            try:
+                for page, waiting in list(batch.items()):
+                    try:
+                        await asyncio.to_thread(self.append_now, page, [w.line for w in waiting])
+                    except OSError as exc:  # a full disk: the caller marks the page for a rebuild
+                        self._settle(waiting, exc)
+                    else:
+                        self._settle(waiting, None)
+                    del batch[page]
+            except BaseException as exc:
+                # Cancelled at shutdown, or a bug: whoever still waits hears of it rather than hang.
+                for w in [w for waiting in (*batch.values(), *self._queued.values()) for w in waiting]:
+                    if w.done.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        w.done.set_exception(exc)
+                    else:
+                        w.done.cancel()
+                self._queued = {}
+                raise
+
+    @staticmethod
+    def _settle(waiting: list[_Waiting], error: OSError | None) -> None:
+        for w in waiting:
+            if not w.done.done():
+                w.done.set_result(error)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written (shutdown, tests)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)

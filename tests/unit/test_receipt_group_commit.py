@@ -1,0 +1,113 @@
+"""Receipt pages written by group commit, and busy-decline excuses served from memory (issue 14).
+
+On a real SQLite file and real page files: what a burst of offers gets back must be what the
+one-at-a-time path gave, byte for byte, and durable before the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bittensor_wallet import Keypair
+
+from horde_protocol.enums import JobRejectionReason
+from horde_protocol.messages import V0DeclineJobRequest
+from horde_protocol.receipts import JobStartedReceiptPayload, receipt_blob
+from horde_protocol.signing import sign_blob
+from miner_agent.db import open_db
+from miner_agent.jobs.service import decline_json
+from miner_agent.keys import Signer
+from miner_agent.receipts.receipt_store import ReceiptStore, page_of
+
+MINER = Keypair.create_from_uri("//Miner")
+VALIDATOR = Keypair.create_from_uri("//Validator")
+CLASS = "always_on.test"
+
+
+def _store(tmp_path: Path) -> ReceiptStore:
+    return ReceiptStore(open_db(tmp_path / "m.sqlite3"), tmp_path / "receipts", Signer(MINER))
+
+
+def _started(job: str | None = None, organic: bool = True) -> tuple[JobStartedReceiptPayload, str]:
+    payload = JobStartedReceiptPayload(job_uuid=job or str(uuid.uuid4()), miner_hotkey=MINER.ss58_address,
+                                       validator_hotkey=VALIDATOR.ss58_address, timestamp=datetime.now(UTC),
+                                       executor_class=CLASS, is_organic=organic, ttl=30)
+    return payload, sign_blob(VALIDATOR, receipt_blob(payload))
+
+
+def _page(store: ReceiptStore) -> Path:
+    return store.pages_dir / f"{page_of(time.time())}.jsonl"
+
+
+async def test_a_burst_of_offers_is_durable_on_the_page_before_each_returns(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    offers = [_started() for _ in range(50)]
+
+    async def one(payload: JobStartedReceiptPayload, signature: str) -> bool:
+        await store.accept_durable(payload, signature, VALIDATOR.ss58_address)
+        return str(payload.job_uuid) in _page(store).read_text()  # what a validator could fetch now
+
+    assert all(await asyncio.gather(*(one(p, s) for p, s in offers)))
+    lines = _page(store).read_text().splitlines()
+    assert sorted(lines) == sorted(line for line in store._page_lines(page_of(time.time())))
+    assert len(lines) == 50 and store.count() == 50 and store.rebuild_pages() == 0
+
+
+async def test_synchronous_and_grouped_appends_never_lose_each_others_lines(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    grouped = [_started() for _ in range(20)]
+    tasks = [asyncio.ensure_future(store.accept_durable(p, s, VALIDATOR.ss58_address)) for p, s in grouped]
+    await asyncio.sleep(0)  # the worker has taken the first batch
+    for _ in range(5):
+        payload, signature = _started()
+        store.accept(payload, signature, VALIDATOR.ss58_address)  # a JobAccepted/JobFinished-style sync append
+    await asyncio.gather(*tasks)
+    assert len(_page(store).read_text().splitlines()) == 25 == store.count()
+    assert store.rebuild_pages() == 0
+
+
+async def test_a_failed_grouped_append_marks_the_page_for_rebuild_and_still_returns(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _page(store).mkdir()  # the rename over it fails: a real OSError, like a full disk would give
+    payload, signature = _started()
+    receipt = await store.accept_durable(payload, signature, VALIDATOR.ss58_address)
+    assert receipt.payload.job_uuid == payload.job_uuid
+    assert store.count() == 1 and store.stale_pages == {page_of(time.time())}
+    _page(store).rmdir()
+    assert store.rebuild_pages(only_stale=True) == 1
+    assert str(payload.job_uuid) in _page(store).read_text()
+
+
+def test_excuse_lines_are_the_excuses_json_in_the_same_order_from_memory_or_disk(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for organic in (True, True, False, True, True):
+        payload, signature = _started(organic=organic)
+        store.accept(payload, signature, VALIDATOR.ss58_address)
+    mine, _ = _started()
+    at = time.time()
+    expected = [r.model_dump_json() for r in store.excuses(CLASS, at, str(mine.job_uuid))]
+    assert len(expected) == 4
+    assert store.excuse_lines(CLASS, at, str(mine.job_uuid)) == expected
+    store._excuse_lines.clear()  # as after a restart: read back from SQLite
+    assert store.excuse_lines(CLASS, at, str(mine.job_uuid)) == expected
+    excluded = str(store.excuses(CLASS, at, "")[0].payload.job_uuid)
+    assert store.excuse_lines(CLASS, at, excluded) == [r.model_dump_json() for r in store.excuses(CLASS, at, excluded)]
+
+
+def test_a_decline_with_excuse_lines_is_byte_identical_to_pydantics(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for _ in range(3):
+        payload, signature = _started()
+        store.accept(payload, signature, VALIDATOR.ss58_address)
+    at = time.time()
+    excuses = store.excuses(CLASS, at, "none")
+    tricky = 'busy "receipts":[] \\ "x"'  # the key's text inside a string is escaped, never matched
+    for message in ("all executors of the class are busy", tricky):
+        decline = V0DeclineJobRequest(job_uuid="j", reason=JobRejectionReason.BUSY, message=message)
+        full = decline.model_copy(update={"receipts": excuses})
+        assert decline_json(decline, store.excuse_lines(CLASS, at, "none")) == full.model_dump_json()
+    bare = V0DeclineJobRequest(job_uuid="j", reason=JobRejectionReason.UNKNOWN, message="m")
+    assert decline_json(bare, []) == bare.model_dump_json()
