@@ -4,11 +4,14 @@ podman API directly, measured in one run (interleaved, so load drift hits both a
     sudo .venv/bin/python bench/ssh_mode.py [--jobs 20]
 
   baseline  podman API (the agent's own engine, podman-py): create + start + wait + logs + remove
-            of `IMG echo hi` with no network
-  ours      validator simulator -> miner-agent websocket -> SSH (Debian's sshd on 127.0.0.1,
+            of the same job container (JobContainerSpec: `IMG echo hi`, no network, its own user
+            namespace, /volume and /output binds), with no agent, miner or SSH in the way
+  ssh       validator simulator -> miner-agent websocket -> SSH (Debian's sshd on 127.0.0.1,
             set up by `executor-agent authorize-miner`'s code, for root) -> streamlocal channel
             -> executor-agent -> the same podman API -> V0JobFinishedRequest
-and printed as a ratio of medians. Needs root (sshd, podman). Prints, asserts nothing.
+  local     the same miner and agent, through the agent's socket directly (a second executor
+            entry of another class on the same agent), to show what SSH itself adds
+and printed as ratios of medians. Needs root (sshd, podman). Prints, asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +34,25 @@ from bittensor_wallet import Keypair
 
 from bench.job_overhead import ENV, IMAGE, build_image
 from executor_agent import authorize as A
+from executor_agent.container.job_spec import JobContainerSpec
 from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.server import ExecutorAgent
 from executor_agent.executor_config import AgentConfig
 from horde_protocol.messages import V0JobRequest
 from miner_agent.daemon import MinerAgent
 from miner_agent.keys import create_wallet
-from miner_agent.miner_config import MinerConfig, MinerSection, SshExecutor, ValidatorsSection, WalletSection
+from miner_agent.miner_config import (
+    LocalExecutor,
+    MinerConfig,
+    MinerSection,
+    SshExecutor,
+    ValidatorsSection,
+    WalletSection,
+)
 from miner_agent.selftest.simulator import ValidatorSim
 
 CLASS = "always_on.test"
+LOCAL_CLASS = "always_on.cpu.8c.16gb"  # no GPU: the same `none` preset as CLASS
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 15.0
 JOB_TIMEOUT_S = 60.0
@@ -82,18 +95,22 @@ def start_sshd(tmp: Path, socket_path: Path) -> tuple[subprocess.Popen[bytes], i
             time.sleep(0.05)
 
 
-async def direct(engine: Podman) -> float:
+async def direct(engine: Podman, tmp: Path) -> float:
     t0 = time.perf_counter()
-    cid = await engine.start_container({"image": IMAGE, "command": ["echo", "hi"], "network_mode": "none"})
+    job_dir = tmp / "direct" / str(uuid.uuid4())
+    (job_dir / "volume").mkdir(parents=True)
+    (job_dir / "output").mkdir()
+    cid = await engine.start_job(JobContainerSpec(job_uuid=job_dir.name, image=IMAGE, command=["echo", "hi"],
+                                                  volume_dir=job_dir / "volume", output_dir=job_dir / "output"))
     assert await engine.wait(cid, JOB_TIMEOUT_S) == 0
     await engine.logs(cid)
     await engine.remove(cid)
     return time.perf_counter() - t0
 
 
-async def through_ssh(sim: ValidatorSim) -> float:
-    initial = sim.initial_request(CLASS, IMAGE)
-    request = V0JobRequest(job_uuid=initial.job_uuid, executor_class=CLASS, docker_image=IMAGE,
+async def through_miner(sim: ValidatorSim, executor_class: str) -> float:
+    initial = sim.initial_request(executor_class, IMAGE)
+    request = V0JobRequest(job_uuid=initial.job_uuid, executor_class=executor_class, docker_image=IMAGE,
                            docker_run_options_preset="none", docker_run_cmd=["echo", "hi"])
     t0 = time.monotonic()
     received = await sim.run_job(initial, request)
@@ -117,26 +134,31 @@ async def run(n: int, tmp: Path, podman_url: str) -> None:
         wallet=WalletSection(path=wallets, name="miner", hotkey="default"),
         validators=ValidatorsSection(allow=[validator.ss58_address]),
         executors=[SshExecutor(name="ssh", executor_class=CLASS, mode="ssh", host=LOOPBACK, port=port, user="root",
-                               key_path=client_key, host_key=host_key, socket=agent_socket)],
+                               key_path=client_key, host_key=host_key, socket=agent_socket),
+                   LocalExecutor(name="local", executor_class=LOCAL_CLASS, socket=agent_socket)],
     ))
     await miner.start()
     try:
-        link = miner.ctx.fleet.links["ssh"]
-        if not await link.wait_up(START_TIMEOUT_S):
-            raise RuntimeError(f"ssh link did not come up: {link.last_error}")
+        for name, link in miner.ctx.fleet.links.items():
+            if not await link.wait_up(START_TIMEOUT_S):
+                raise RuntimeError(f"{name} link did not come up: {link.last_error}")
         sim = ValidatorSim(validator, miner_key.hotkey, f"http://{LOOPBACK}:{miner.port}")
         engine = Podman(podman_url)
         for _ in range(WARMUP_JOBS):
-            await direct(engine)
-            await through_ssh(sim)
-        base, ours = [], []
+            await direct(engine, tmp)
+            await through_miner(sim, CLASS)
+            await through_miner(sim, LOCAL_CLASS)
+        base, ssh, local = [], [], []
         for _ in range(n):
-            base.append(await direct(engine))
-            ours.append(await through_ssh(sim))
-        med_base, med_ours = statistics.median(base), statistics.median(ours)
+            base.append(await direct(engine, tmp))
+            ssh.append(await through_miner(sim, CLASS))
+            local.append(await through_miner(sim, LOCAL_CLASS))
+        med_base, med_ssh, med_local = statistics.median(base), statistics.median(ssh), statistics.median(local)
         print(f"jobs: {n} each, interleaved ({WARMUP_JOBS} warm-up each not counted)")
         print(f"  podman API directly        median {med_base * 1000:7.1f} ms")
-        print(f"  miner -> SSH -> agent      median {med_ours * 1000:7.1f} ms   ratio {med_ours / med_base:.2f}x")
+        print(f"  miner -> SSH -> agent      median {med_ssh * 1000:7.1f} ms   ratio {med_ssh / med_base:.2f}x")
+        print(f"  miner -> socket -> agent   median {med_local * 1000:7.1f} ms   ratio {med_local / med_base:.2f}x"
+              f"   (SSH / socket {med_ssh / med_local:.2f}x)")
     finally:
         await miner.stop()
         await agent.stop()
