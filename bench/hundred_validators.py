@@ -242,11 +242,16 @@ async def run(args: argparse.Namespace, tmp: Path, podman_url: str) -> None:
               f"p99 {q99 * 1000:.1f} ms ({q99 / rtt:.0f}x); miner CPU {cpu * 1000:.2f} ms per offer "
               f"(goal p99 < 50 ms)")
 
+        cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
         alone, bad_alone = await range_case(base, args.range_clients, RANGE_SECONDS, None, args.sockets)
+        cpu_alone = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
+        cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
         busy, bad_busy = await range_case(base, args.range_clients, RANGE_SECONDS, socks, args.sockets)
+        cpu_busy = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
         print(f"range: {args.range_clients} clients, Range: bytes=0- on the newest receipt page: alone "
-              f"{alone:.0f} req/s, during offer bursts {busy:.0f} req/s ({busy / alone:.2f}x); non-206 answers "
-              f"{bad_alone + bad_busy} (goal > 2000 req/s during bursts)")
+              f"{alone:.0f} req/s (miner CPU {cpu_alone:.0f}%), during offer bursts {busy:.0f} req/s "
+              f"({busy / alone:.2f}x, miner CPU {cpu_busy:.0f}%); non-206 answers {bad_alone + bad_busy} "
+              f"(goal > 2000 req/s during bursts)")
 
         rss_before = proc_status(miner_pid)[0]
         per = max(1, args.sockets // len(validators))

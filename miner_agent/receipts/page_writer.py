@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,18 @@ class PageWriter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queued: dict[int, list[_Waiting]] = field(default_factory=dict)
     _worker: asyncio.Task[None] | None = None
+    # Its own thread, not the loop's default pool: that pool also opens the files aiohttp serves
+    # (receipt pages) and compresses large websocket frames, and an fsync must not hold up either.
+    _thread: ThreadPoolExecutor | None = None
+    _writing: set[int] = field(default_factory=set)  # pages the thread is rewriting now
 
     def path(self, page: int) -> Path:
         return self.pages_dir / f"{page}.jsonl"
+
+    def busy(self, page: int) -> bool:
+        """Lines for `page` are queued or being written: their rows are in SQLite already, so a
+        rebuild from SQLite now would write them and the queued append write them again."""
+        return page in self._writing or page in self._queued
 
     # -- synchronous: the caller's thread writes ---------------------------------------
 
@@ -81,7 +91,15 @@ class PageWriter:
             try:
                 for page, waiting in list(batch.items()):
                     try:
-                        await asyncio.to_thread(self.append_now, page, [w.line for w in waiting])
+                        if self._thread is None:
+                            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipt-pages")
+                        lines = [w.line for w in waiting]
+                        self._writing.add(page)
+                        try:
+                            await asyncio.get_running_loop().run_in_executor(self._thread, self.append_now, page,
+                                                                             lines)
+                        finally:
+                            self._writing.discard(page)
                     except OSError as exc:  # a full disk: the caller marks the page for a rebuild
                         self._settle(waiting, exc)
                     else:

@@ -175,6 +175,9 @@ class ReceiptStore:
         self.stale_pages.clear()
         fixed = 0
         for (page, count) in rows:
+            if self.writer.busy(page):  # its queued lines are about to land; look again next time
+                self.stale_pages.add(page)
+                continue
             path = self._page_path(page)
             have = path.read_bytes().count(b"\n") if path.exists() else 0
             if have != count:

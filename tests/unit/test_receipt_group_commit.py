@@ -111,3 +111,20 @@ def test_a_decline_with_excuse_lines_is_byte_identical_to_pydantics(tmp_path: Pa
         assert decline_json(decline, store.excuse_lines(CLASS, at, "none")) == full.model_dump_json()
     bare = V0DeclineJobRequest(job_uuid="j", reason=JobRejectionReason.UNKNOWN, message="m")
     assert decline_json(bare, []) == bare.model_dump_json()
+
+
+async def test_a_rebuild_leaves_a_page_with_queued_lines_for_later_and_duplicates_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    first, signature = _started()
+    store.accept(first, signature, VALIDATOR.ss58_address)
+    page = page_of(time.time())
+    payload, signature = _started()
+    task = asyncio.ensure_future(store.accept_durable(payload, signature, VALIDATOR.ss58_address))
+    await asyncio.sleep(0)  # its row is in SQLite, its line queued or being written
+    store.stale_pages.add(page)
+    assert store.writer.busy(page)
+    assert store.rebuild_pages(only_stale=True) == 0 and store.stale_pages == {page}
+    await task
+    lines = _page(store).read_text().splitlines()
+    assert len(lines) == 2 == len(set(lines))
+    assert store.rebuild_pages(only_stale=True) == 0 and store.stale_pages == set()
