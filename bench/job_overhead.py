@@ -139,8 +139,10 @@ async def offers_burst(sim: ValidatorSim, offers: int) -> None:
             await session.recv_until(V0MainHotkeyMessage)
             rtts.append(time.monotonic() - t0)
 
-    async def offer() -> float:
-        async with await sim.connect() as s:
+    async def offer(k: int) -> float:
+        # each simulated validator from its own loopback address, as real ones come from their own
+        # hosts (one address may hold only 32 unauthenticated sockets: server/conn_guard.py)
+        async with await sim.connect(source_address=f"127.0.2.{k % 250 + 1}") as s:
             await s.recv_until(V0ExecutorManifestRequest)
             initial = sim.initial_request(CLASS, IMAGE)
             t0 = time.monotonic()
@@ -148,7 +150,7 @@ async def offers_burst(sim: ValidatorSim, offers: int) -> None:
             got = await s.recv_until(V0AcceptJobRequest, V0DeclineJobRequest)
             return got.at - t0
 
-    latencies = sorted(await asyncio.gather(*(offer() for _ in range(offers))))
+    latencies = sorted(await asyncio.gather(*(offer(k) for k in range(offers))))
     rtt = statistics.median(rtts)
     p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
     print(f"{offers} simultaneous offers to a one-slot miner (1 accept, the rest busy declines with excuses):")

@@ -126,8 +126,12 @@ class ValidatorSim:
             signature=sign_blob(signer or self.keypair, blob),
         )
 
-    async def connect(self, authenticate: bool = True, path_hotkey: str | None = None) -> SimSession:
-        http = aiohttp.ClientSession()
+    async def connect(self, authenticate: bool = True, path_hotkey: str | None = None,
+                      source_address: str | None = None) -> SimSession:
+        """A validator socket; `source_address` binds its local end (many simulated validators on
+        one host each come from their own loopback address, as real ones come from their own hosts)."""
+        connector = aiohttp.TCPConnector(local_addr=(source_address, 0)) if source_address else None
+        http = aiohttp.ClientSession(connector=connector)
         url = f"{self.base_url.replace('http', 'ws', 1)}/v0.1/validator_interface/{path_hotkey or self.hotkey}"
         ws = await http.ws_connect(url, max_msg_size=50 * 1024 * 1024, heartbeat=20)
         session = SimSession(ws, http)
