@@ -47,6 +47,14 @@ def _row_to_receipt(row: sqlite3.Row) -> Receipt:
     )
 
 
+# Organic JobStarted receipts of a class valid at a time (stock busy-decline excuses):
+# (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix).
+_EXCUSES_WHERE = (
+    " WHERE receipt_type='JobStartedReceipt' AND executor_class=? AND is_organic=1"
+    " AND job_uuid != ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?"
+)
+
+
 class ReceiptRejected(Exception):
     """Why a receipt was not stored; validators get no reply either way (stock behaviour)."""
 
@@ -189,9 +197,7 @@ class ReceiptStore:
     def excuses(self, executor_class: str, at_unix: float, exclude_job: str) -> list[Receipt]:
         """Organic JobStarted receipts of this class valid at `at_unix` (stock busy-decline excuses)."""
         rows = self.conn.execute(
-            "SELECT payload_json, validator_signature, miner_signature FROM receipts"
-            " WHERE receipt_type='JobStartedReceipt' AND executor_class=? AND is_organic=1"
-            " AND job_uuid != ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?",
+            "SELECT payload_json, validator_signature, miner_signature FROM receipts" + _EXCUSES_WHERE,
             (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix),
         ).fetchall()
         return [_row_to_receipt(r) for r in rows]
@@ -201,9 +207,7 @@ class ReceiptStore:
         mostly from memory: what a busy decline embeds without parsing every receipt again."""
         # The same WHERE as `excuses`, so SQLite takes the same index and yields the same order.
         jobs = self.conn.execute(
-            "SELECT job_uuid FROM receipts"
-            " WHERE receipt_type='JobStartedReceipt' AND executor_class=? AND is_organic=1"
-            " AND job_uuid != ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?",
+            "SELECT job_uuid FROM receipts" + _EXCUSES_WHERE,
             (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix),
         ).fetchall()
         lines = []
