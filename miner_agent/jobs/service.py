@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from horde_protocol import link_frames as L
 from horde_protocol.enums import JobRejectionReason
@@ -104,6 +104,15 @@ class Job:
     last_executor_seq: int = 0
     executor_endpoint: str | None = None
     stage_started: float = field(default_factory=time.monotonic)
+    # Each step saves a snapshot, but the requests (an inline volume can be megabytes) rarely
+    # change: their JSON is kept with the object it was made from and remade only for a new one.
+    _dumped: dict[str, tuple[BaseModel, str]] = field(default_factory=dict, repr=False)
+
+    def _json(self, key: str, model: BaseModel) -> str:
+        kept = self._dumped.get(key)
+        if kept is None or kept[0] is not model:
+            kept = self._dumped[key] = (model, model.model_dump_json())
+        return kept[1]
 
     @property
     def streaming_ip(self) -> str | None:
@@ -115,15 +124,16 @@ class Job:
         """The row to store. Once the job has ended nothing reads its requests again, so the
         stored copies lose what may be secret: the job's env, volume and upload URLs (presigned)."""
         m = self.machine
-        initial, request = self.initial, self.request
         if m.state.terminal:
-            initial = initial.model_copy(update={"volume": None})
-            request = None
+            initial_json = self.initial.model_copy(update={"volume": None}).model_dump_json()
+            request_json = None
+        else:
+            initial_json = self._json("initial", self.initial)
+            request_json = self._json("request", self.request) if self.request is not None else None
         return JobSnapshot(
             job_uuid=m.job_uuid, validator_hotkey=self.validator, executor_class=self.executor_class,
-            executor_name=self.executor_name, state=m.state, initial_json=initial.model_dump_json(),
-            created_unix=self.created_unix,
-            request_json=request.model_dump_json() if request is not None else None,
+            executor_name=self.executor_name, state=m.state, initial_json=initial_json,
+            created_unix=self.created_unix, request_json=request_json,
             last_executor_seq=self.last_executor_seq, executor_endpoint=self.executor_endpoint,
             progress=m.progress, deadline_unix=m.deadline,
         )
