@@ -7,7 +7,7 @@ stranger's connection is bounded here, at the transport, before aiohttp parses a
 * time: a connection must deliver a complete HTTP request header within `HEADER_TIMEOUT_S`
   (slowloris, idle TCP); a websocket then has `AUTH_TIMEOUT_S` to authenticate (the handler's
   own timer, not frame arrival, enforces that);
-* sockets: new connections per source address come from a token bucket (a burst of
+* sockets (an "address" is an IPv4 address or an IPv6 /64): new connections per source address come from a token bucket (a burst of
   `UNAUTH_PER_ADDRESS`, then `NEW_CONNS_PER_ADDRESS_PER_S`), at most `UNAUTH_PER_ADDRESS`
   unauthenticated connections per source address and
   `UNAUTH_TOTAL` in all; at the total a stranger is dropped to make room (the oldest of those
@@ -28,6 +28,7 @@ close; `GuardedProtocol` and `GuardedTCPSite` are the I/O edge that feeds it and
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -53,6 +54,24 @@ PRE_AUTH_QUEUE_BYTES = 8 * 1024 * 1024  # frames queued until the handshake, in 
 PRE_AUTH_BYTES_PER_CONN = PRE_AUTH_QUEUE_BYTES + 1024 * 1024  # the queue, the upgrade request and the auth frame
 PRE_AUTH_BYTES_TOTAL = 64 * 1024 * 1024  # all strangers together may make us buffer this much
 SWEEP_INTERVAL_S = 1.0  # how often header deadlines are checked
+TOKEN_PRUNE_INTERVAL_S = 1.0  # the token map is pruned at most this often
+IPV6_SOURCE_PREFIX = 64  # one IPv6 host usually holds a whole /64: count strangers per /64
+
+
+def source_of(peer: object) -> str:
+    """The "address" the per-address bounds count: the IPv4 address (also when it arrives
+    IPv4-mapped on a dual-stack socket), or the IPv6 /64 it comes from."""
+    if not (isinstance(peer, tuple) and peer):
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peer[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_SOURCE_PREFIX}", strict=False))
+    return str(address)
 
 
 @dataclass
@@ -86,6 +105,7 @@ class ConnectionGuard:
     new_per_address_per_s: float = NEW_CONNS_PER_ADDRESS_PER_S
     stats: GuardStats = field(default_factory=GuardStats)
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # address -> (tokens, at)
+    _pruned_at: float = -float("inf")
     _strangers: OrderedDict[Hashable, _Stranger] = field(default_factory=OrderedDict)  # oldest first
     _per_address: dict[str, int] = field(default_factory=dict)
     _bytes: int = 0
@@ -125,7 +145,10 @@ class ConnectionGuard:
             self._tokens[address] = (tokens, now)
             return False
         self._tokens[address] = (tokens - 1.0, now)
-        if len(self._tokens) > 4 * self.total:  # forget full buckets, so addresses cannot grow this map
+        if len(self._tokens) > 4 * self.total and now - self._pruned_at >= TOKEN_PRUNE_INTERVAL_S:
+            # Forget full buckets (they equal a new one), at most once a second: many addresses
+            # must not turn every new connection into a walk over the whole map.
+            self._pruned_at = now
             self._tokens = {a: v for a, v in self._tokens.items() if v[0] + (now - v[1]) * self.new_per_address_per_s
                             < self.per_address}
         return True
@@ -196,8 +219,7 @@ class GuardedProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        address = source_of(transport.get_extra_info("peername"))
         self.inner.connection_made(transport)
         self.edge.close_all(self.edge.guard.opened(transport, address), reason="connection cap")
 

@@ -82,3 +82,25 @@ def test_an_address_that_reconnects_as_fast_as_it_is_dropped_is_slowed_down() ->
     clock.now += 0.5  # one token back
     assert guard.opened("c5", "1") == []
     assert guard.opened("c6", "1") == ["c6"]
+
+
+def test_an_ipv6_host_counts_as_its_slash_64_and_mapped_ipv4_as_ipv4() -> None:
+    from miner_agent.server.conn_guard import source_of
+
+    assert source_of(("2001:db8:1:2:aaaa::1", 443, 0, 0)) == source_of(("2001:db8:1:2:ffff::9", 443, 0, 0))
+    assert source_of(("2001:db8:1:2::1", 1, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("2001:db8:1:3::1", 1, 0, 0)) != source_of(("2001:db8:1:2::1", 1, 0, 0))
+    assert source_of(("::ffff:192.0.2.7", 1, 0, 0)) == source_of(("192.0.2.7", 1)) == "192.0.2.7"
+    assert source_of(None) == "unknown"
+
+
+def test_many_addresses_prune_the_token_map_at_most_once_a_second() -> None:
+    clock = Clock()
+    guard = ConnectionGuard(per_address=2, total=2, new_per_address_per_s=1.0, clock=clock)
+    for i in range(20):
+        guard.opened(f"k{i}", f"a{i}")
+        guard.closed(f"k{i}")
+    assert len(guard._tokens) == 20  # nothing is full yet: all kept, one prune attempt at most
+    clock.now += 10  # every bucket has refilled
+    guard.opened("late", "fresh")
+    assert set(guard._tokens) == {"fresh"}
