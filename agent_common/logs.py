@@ -79,3 +79,23 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in ("asyncssh", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# A stranger can make us log (a malformed frame, a refused socket): such lines go through a budget.
+LOG_EVERY_S = 10.0  # at most one line per interval and source, with the count held back
+
+
+class LineBudget:
+    """At most one log line per `every_s`; `allow` says how many were held back since the last."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last = -float("inf")
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        if now - self._last < self.every_s:
+            self._held += 1
+            return None
+        held, self._held, self._last = self._held, 0, now
+        return held

@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agent_common.logs import LineBudget
+
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0  # connect -> complete first request header (stock validators send at once)
@@ -254,9 +256,7 @@ class GuardEdge:
     guard: ConnectionGuard = field(default_factory=ConnectionGuard)
     _sweeper: asyncio.Task[None] | None = None
     _dropped: dict[str, int] = field(default_factory=dict)
-    _last_log: float = 0.0
-
-    LOG_EVERY_S = 10.0
+    _lines: LineBudget = field(default_factory=LineBudget)
 
     def close_all(self, keys: list[Hashable], reason: str) -> None:
         for key in keys:
@@ -269,10 +269,8 @@ class GuardEdge:
             self._maybe_log()
 
     def _maybe_log(self) -> None:
-        now = time.monotonic()
-        if now - self._last_log < self.LOG_EVERY_S:
-            return
-        self._last_log = now
+        if self._lines.allow(time.monotonic()) is None:
+            return  # counted in _dropped, summarised in the next line
         counts = " ".join(f"{k.replace(' ', '_')}={v}" for k, v in sorted(self._dropped.items()))
         log.warning("unauthenticated connections dropped %s unauthenticated_open=%d pre_auth_bytes=%d",
                     counts, self.guard.unauthenticated, self.guard.pre_auth_bytes)

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
+from agent_common.logs import LineBudget
 from horde_protocol.messages import (
     GenericError,
     V0ExecutorManifestRequest,
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED_FRAMES = 32  # frames kept while waiting for the handshake (and PRE_AUTH_QUEUE_BYTES in all)
 GARBAGE_CLOSE_AFTER = 32  # consecutive malformed frames: the peer is not speaking the protocol
-LOG_EVERY_S = 10.0  # per connection, at most one malformed-frame line per interval (with a count)
 DRAIN_TIMEOUT_S = 5.0  # on shutdown, how long frames being handled may take before sockets close
 SHUTDOWN_CLOSE_MESSAGE = b"miner-agent is shutting down"
 
@@ -100,22 +100,6 @@ async def _refuse(ws: web.WebSocketResponse, details: str) -> None:
     except (ConnectionError, RuntimeError):
         pass  # the peer is gone already; closing below cleans up
     await ws.close(code=WSCloseCode.OK)
-
-
-class LineBudget:
-    """At most one log line per `every_s`; `allow` says how many were held back since the last."""
-
-    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
-        self.every_s = every_s
-        self._last = -float("inf")
-        self._held = 0
-
-    def allow(self, now: float) -> int | None:
-        if now - self._last < self.every_s:
-            self._held += 1
-            return None
-        held, self._held, self._last = self._held, 0, now
-        return held
 
 
 _REFUSALS = LineBudget()  # refusals of unknown hotkeys, across all connections
