@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp
 from bittensor_wallet import Keypair
 
-from bench.job_overhead import ENV, IMAGE, build_image
+from bench.job_overhead import IMAGE, build_image, podman_service
 from bench.validator_port import cpu_seconds, free_port, port_open, proc_status, spawn, wait_for
 from horde_protocol.messages import (
     ExecutorTimingDetails,
@@ -300,20 +300,9 @@ def main() -> None:
     global DEFLATE
     DEFLATE = not args.no_deflate
     build_image()
-    with tempfile.TemporaryDirectory(prefix="bench-hv-") as tmp:
-        sock = Path(tmp) / "podman.sock"
-        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-        try:
-            for _ in range(200):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
-            with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(run(args, Path(tmp), f"unix://{sock}"))
-        finally:
-            service.terminate()
-            service.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-hv-") as tmp, podman_service(Path(tmp)) as podman_url:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(args, Path(tmp), podman_url))
 
 
 if __name__ == "__main__":

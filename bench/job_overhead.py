@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,23 @@ from miner_agent.selftest.simulator import ValidatorSim  # noqa: E402
 IMAGE = "localhost/miner-agent-bench:latest"
 CLASS = "always_on.test"
 ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "packaging/podman/containers.conf")}
+
+
+@contextlib.contextmanager
+def podman_service(workdir: Path) -> Iterator[str]:
+    """A podman API service of the bench's own on a socket in `workdir`; yields its URL."""
+    sock = workdir / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+    try:
+        for _ in range(200):  # up to 10 s for the socket
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        yield f"unix://{sock}"
+    finally:
+        service.terminate()
+        service.wait()
 
 
 def build_image() -> None:
@@ -165,19 +184,8 @@ def main() -> None:
     parser.add_argument("--offers", type=int, default=50)
     args = parser.parse_args()
     build_image()
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        sock = Path(tmp) / "podman.sock"
-        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
-            asyncio.run(ours(args.jobs, args.offers, Path(tmp), f"unix://{sock}"))
-        finally:
-            service.terminate()
-            service.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, podman_service(Path(tmp)) as podman_url:
+        asyncio.run(ours(args.jobs, args.offers, Path(tmp), podman_url))
 
 
 if __name__ == "__main__":

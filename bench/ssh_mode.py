@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bittensor_wallet import Keypair
 
-from bench.job_overhead import ENV, IMAGE, build_image
+from bench.job_overhead import IMAGE, build_image, podman_service
 from executor_agent import authorize as A
 from executor_agent.container.job_spec import JobContainerSpec
 from executor_agent.container.podman_engine import Podman
@@ -171,19 +171,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     args = parser.parse_args()
     build_image()
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        sock = Path(tmp) / "podman.sock"
-        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
-            asyncio.run(run(args.jobs, Path(tmp), f"unix://{sock}"))
-        finally:
-            service.terminate()
-            service.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, podman_service(Path(tmp)) as podman_url:
+        asyncio.run(run(args.jobs, Path(tmp), podman_url))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp
 from bittensor_wallet import Keypair
 
-from bench.job_overhead import ENV, IMAGE, build_image
+from bench.job_overhead import ENV, IMAGE, build_image, podman_service
 from horde_protocol.messages import V0ExecutorManifestRequest, V0JobRequest, ValidatorAuthForMiner
 from horde_protocol.signing import sign_blob
 from miner_agent.keys import create_wallet
@@ -398,19 +398,8 @@ def main() -> None:
         hostile_main(args)
         return
     build_image()
-    with tempfile.TemporaryDirectory(prefix="bench-vp-") as tmp:
-        sock = Path(tmp) / "podman.sock"
-        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-        try:
-            for _ in range(200):
-                if sock.exists():
-                    break
-                time.sleep(0.05)
-            cases = asyncio.run(run(args, Path(tmp), f"unix://{sock}"))
-        finally:
-            service.terminate()
-            service.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-vp-") as tmp, podman_service(Path(tmp)) as podman_url:
+        cases = asyncio.run(run(args, Path(tmp), podman_url))
     report(cases)
 
 
