@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.system.conftest import Machine
+from tests.system.test_packages import ACTIVE_TIMEOUT_S, DEMO_IMAGE, FAKE_CDI_SPEC, VALIDATOR_WALLETS
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "operator-guide.md"
@@ -38,19 +39,9 @@ printf '[Service]\\nNetworkNamespacePath=/run/netns/{MINER_NETNS}\\n' \
   > /etc/systemd/system/miner-agent.service.d/50-systest-netns.conf
 systemctl daemon-reload
 """  # everything stays inside the machine, which has no network of its own
-DEMO_IMAGE = "localhost/miner-agent-demo:latest"
-VALIDATOR_WALLETS = "/root/validator-wallets"
-ACTIVE_TIMEOUT_S = 30.0
 LINK_UP_TIMEOUT_S = 30.0
-FAKE_CDI_SPEC = """\
-cdiVersion: "0.5.0"
-kind: nvidia.com/gpu
-devices:
-- name: all
-  containerEdits:
-    deviceNodes:
-    - path: /dev/fakegpu0
-"""  # the guide's executor class is a GPU class: its jobs get the nvidia_all CDI device
+# The guide's executor class is a GPU class: its jobs get FAKE_CDI_SPEC's nvidia_all device, as in the
+# package tests whose constants this test shares.
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
 
