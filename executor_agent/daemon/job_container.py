@@ -30,7 +30,7 @@ from executor_agent.daemon.disk_watch import DiskWatch
 from executor_agent.daemon.failures import HordeFailure, JobFailure
 from executor_agent.daemon.jobdirs import JobDirs
 from executor_agent.executor_config import AgentConfig, ImagePolicy
-from executor_agent.net.egress import EgressRefused, check_registry
+from executor_agent.net.egress import EgressRefused, RegistryUnresolved, check_registry
 from executor_agent.outputs import collect as outputs
 from horde_protocol.enums import HordeFailureReason, JobFailureReason, JobStage
 from horde_protocol.messages import V0JobRequest
@@ -97,6 +97,9 @@ class JobContainer:
                 await check_registry(self.config.egress.policy, image)
             except EgressRefused as exc:
                 raise JobFailure(JobFailureReason.UNKNOWN, f"{REGISTRY_REFUSED_MESSAGE}: {exc}") from exc
+            except RegistryUnresolved as exc:  # as a pull from an unresolvable registry always ended
+                raise HordeFailure(HordeFailureReason.GENERIC_ERROR, PULL_FAILED_MESSAGE,
+                                   {"docker_image": image, "cause": str(exc)}) from exc
         if not await self.engine.ensure_image(image, pull=pull, timeout_s=timeout_s):
             raise HordeFailure(HordeFailureReason.GENERIC_ERROR, PULL_FAILED_MESSAGE, {"docker_image": image})
         self._ensured_images.add(image)

@@ -354,6 +354,11 @@ __all__ = [
 
 
 REGISTRY_PORT = 443  # podman reaches a registry named without a port over HTTPS
+REGISTRY_LOOKUP_TIMEOUT_S = 5.0  # the job author picks the name, so its DNS may be slow on purpose
+
+
+class RegistryUnresolved(Exception):
+    """A job image's registry name could not be checked, so the image is not pulled."""
 
 
 def registry_of(image: str) -> tuple[str, int] | None:
@@ -391,9 +396,13 @@ async def check_registry(policy: EgressPolicy, image: str) -> None:
         return
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return  # unresolvable: the pull fails on its own, with podman's error
+        async with asyncio.timeout(REGISTRY_LOOKUP_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        # Not checked is not allowed: a name that fails (or stalls) here and answers podman a
+        # moment later with a private address would pull past the check.
+        raise RegistryUnresolved(f"registry {host}:{port} did not resolve within {REGISTRY_LOOKUP_TIMEOUT_S:g} s: "
+                                 f"{exc or type(exc).__name__}") from None
     refused: list[EgressRefused] = []
     for info in infos:
         try:

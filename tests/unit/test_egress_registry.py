@@ -37,3 +37,19 @@ async def test_short_names_and_operator_allowed_registries_pass() -> None:
     await check_registry(allowed, "localhost:5001/x:1")
     with pytest.raises(EgressRefused):
         await check_registry(allowed, "127.0.0.1:5002/x:1")
+
+
+async def test_a_registry_name_that_does_not_resolve_is_not_pulled_unchecked(monkeypatch) -> None:
+    """Failing the first lookup must not skip the check (the name could answer podman's lookup a
+    moment later with a private address). The lookup is stubbed: no DNS query leaves the machine."""
+    import asyncio
+    import socket
+
+    from executor_agent.net.egress import RegistryUnresolved
+
+    async def no_such_name(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_such_name)
+    with pytest.raises(RegistryUnresolved, match="did not resolve"):
+        await check_registry(PUBLIC_ONLY, "registry.example/x:1")
