@@ -157,6 +157,21 @@ class BittensorChain:
             result = await asyncio.wait_for(self._submit(client, call), WRITE_TIMEOUT_S)
         self._check(result, f"set_commitment on netuid {netuid}")
 
+    async def neuron_uid(self, netuid: int, hotkey: str) -> int | None:
+        raise ChainUnavailable("neuron_uid: not implemented for the bittensor backend yet")
+
+    async def read_axon(self, netuid: int, hotkey: str) -> tuple[str, int] | None:
+        raise ChainUnavailable("read_axon: not implemented for the bittensor backend yet")
+
+    async def block_timestamp(self) -> float:
+        raise ChainUnavailable("block_timestamp: not implemented for the bittensor backend yet")
+
+    async def associated_evm_address(self, netuid: int, uid: int) -> tuple[str, int] | None:
+        raise ChainUnavailable("associated_evm_address: not implemented for the bittensor backend yet")
+
+    async def associate_evm_key(self, netuid: int, evm_address: str, block_number: int, signature: bytes) -> None:
+        raise ChainUnavailable("associate_evm_key: not implemented for the bittensor backend yet")
+
     async def _submit(self, client: Any, call: Any) -> Any:
         # Inclusion, not finalization: we only need to know it landed, and the next period
         # re-reads the chain anyway.
