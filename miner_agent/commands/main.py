@@ -11,6 +11,7 @@ from agent_common.logs import setup_logging
 from agent_common.private import set_daemon_umask
 from miner_agent import __version__
 from miner_agent.admin_client import AdminUnavailable
+from miner_agent.commands import collateral_cmds, doctor_cmds
 from miner_agent.fleet.manager import ManagerLoadError
 from miner_agent.keys import WalletError
 from miner_agent.miner_config import DEFAULT_CONFIG_PATH, ConfigError, load_config
@@ -97,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", default="localhost/miner-agent-demo:latest", help="job image present on the executor")
     demo.add_argument("--host", default="127.0.0.1", help="miner address to connect to (default 127.0.0.1)")
     _add_config_parser(sub)
+    collateral_cmds.add_parser(sub)
+    doctor_cmds.add_parser(sub)
     return p
 
 
@@ -106,6 +109,10 @@ def _command(name: str):  # noqa: ANN202 - returns one of the async command func
         from miner_agent.commands.admin_cmds import executors_command, status_command
 
         return status_command if name == "status" else executors_command
+    if name == "collateral":
+        return collateral_cmds.collateral_command
+    if name == "doctor":
+        return doctor_cmds.doctor_command
     if name == "self-test":
         from miner_agent.selftest.run import self_test
 
