@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent_common.tomlfile import ConfigError, load_model
 from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
 from miner_agent.chain.chain_config import ChainSection
+from miner_agent.collateral.config import CollateralSection
 
 DEFAULT_CONFIG_PATH = Path("/etc/miner-agent/miner-agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/miner-agent")
@@ -135,6 +136,7 @@ class MinerConfig(_Section):
     executors: list[ExecutorEntry] = Field(default_factory=lambda: [LocalExecutor(name="local")])
     executor_manager: ExecutorManagerSection = Field(default_factory=ExecutorManagerSection)
     chain: ChainSection = Field(default_factory=ChainSection)
+    collateral: CollateralSection = Field(default_factory=CollateralSection)
 
     @model_validator(mode="after")
     def _unique_executor_names(self) -> MinerConfig:
