@@ -16,6 +16,7 @@ import signal
 import sdnotify
 from aiohttp import web
 
+from miner_agent.activity import Activity
 from miner_agent.chain.duties import build_chain_duties
 from miner_agent.db import open_db
 from miner_agent.fleet.manager import load_manager
@@ -76,7 +77,7 @@ class MinerAgent:
         service.start()
         maintenance = ReceiptMaintenance(conn, cfg.receipts_dir, receipts)
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="receipts-maintenance")
-        self.ctx = MinerContext(cfg, signer, fleet, service, receipts, chain, metrics)
+        self.ctx = MinerContext(cfg, signer, fleet, service, receipts, chain, metrics, activity=Activity(conn))
         attach_gauges(self.ctx)
         self._admin = await start_admin(self.ctx, cfg.admin_socket)
         if cfg.miner.metrics_enabled:

@@ -60,6 +60,11 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 
 CREATE TABLE IF NOT EXISTS drained_executors (name TEXT PRIMARY KEY);
 
+-- Last authenticated connection per validator and the last receipt page served (miner_agent/activity.py).
+-- New tables need no migration: this script runs on every open (CREATE ... IF NOT EXISTS).
+CREATE TABLE IF NOT EXISTS validator_activity (hotkey TEXT PRIMARY KEY, last_connected_unix REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS activity_marks (name TEXT PRIMARY KEY, at_unix REAL NOT NULL);
+
 CREATE TABLE IF NOT EXISTS job_messages (
     job_uuid TEXT NOT NULL,
     n INTEGER NOT NULL,

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from miner_agent.activity import Activity
 from miner_agent.chain.duties import ChainDuties
 from miner_agent.chain.validators import ValidatorSet
 from miner_agent.fleet.pool import Fleet
@@ -28,6 +29,8 @@ class MinerContext:
     receipts: ReceiptStore
     chain: ChainDuties
     metrics: MinerMetrics = field(default_factory=MinerMetrics)
+    # When each validator last authenticated and when a receipt page was last served (doctor, alerts).
+    activity: Activity = field(default_factory=Activity)
     # One-time self-test validator keys handed out on the admin socket: hotkey -> expiry (monotonic s).
     selftest_keys: dict[str, float] = field(default_factory=dict)
 

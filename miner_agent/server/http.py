@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 
 from aiohttp import hdrs, web
 
@@ -84,6 +85,7 @@ async def receipts_page(request: web.Request) -> web.StreamResponse:
     path = request.app[CTX].receipts.pages_dir / name
     if not path.is_file():
         raise web.HTTPNotFound()
+    request.app[CTX].activity.pages_fetched(time.time())
     small = small_open_range(request, path)
     if small is not None:
         return small

@@ -186,6 +186,7 @@ class _Handler:
         self.session = Session(self.ws, self.hotkey)
         self.ctx.guard.guard.authenticated(self.transport)
         log.info("validator authenticated validator=%s", self.hotkey)
+        self.ctx.activity.validator_connected(self.hotkey, time.time())
         manifest = V0ExecutorManifestRequest(manifest=self.ctx.fleet.manifest())
         await self.session.send_text(manifest.model_dump_json())
         await self.ctx.service.on_session(self.session)
