@@ -16,7 +16,12 @@ bt = pytest.importorskip("bittensor")
 from bittensor_wallet import Keypair  # noqa: E402
 
 from miner_agent.chain.backend import ChainRejected, ChainUnavailable  # noqa: E402
-from miner_agent.chain.bittensor_backend import BittensorChain, commitment_info, serve_axon_params  # noqa: E402
+from miner_agent.chain.bittensor_backend import (  # noqa: E402
+    BittensorChain,
+    associate_evm_key_params,
+    commitment_info,
+    serve_axon_params,
+)
 
 MINER = Keypair.create_from_uri("//Bob")
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
@@ -54,6 +59,20 @@ def neuron(uid: int, hotkey: str, permit: bool) -> dict[str, Any]:
 # CommitmentOf(12, <hotkey>) as decoded from a live node: one Raw field, hex payload.
 RECORDED_COMMITMENT = {"block": 5_123_456, "deposit": 0,
                        "info": {"fields": [{"Raw16": "0x" + b"contact<M:A1;S2>".hex()}]}}
+EVM = "0xf24FF3a9CF04c71Dbc94D0b566f7A27B94566cac"  # collateral.md's example H160 (EIP-55 checksummed)
+# Storage values in the shape the SDK's codec decodes them to (checked against the recorded runtime
+# metadata: Uids u16, Axons AxonInfo, Timestamp.Now u64 ms, AssociatedEvmAddress (H160, u64)).
+RECORDED_STORAGE: dict[tuple, Any] = {
+    ("SubtensorModule", "Uids", 12, MINER.ss58_address): 7,
+    ("SubtensorModule", "Axons", 12, MINER.ss58_address): {
+        "block": 5_100_000, "version": 1, "ip": 3405803783, "port": 8000, "ip_type": 4, "protocol": 4,
+        "placeholder1": 0, "placeholder2": 0},
+    ("SubtensorModule", "Axons", 12, ALICE): {  # registered, never served: the chain's zeroed default
+        "block": 0, "version": 0, "ip": 0, "port": 0, "ip_type": 0, "protocol": 0,
+        "placeholder1": 0, "placeholder2": 0},
+    ("Timestamp", "Now"): 1_764_626_400_500,
+    ("SubtensorModule", "AssociatedEvmAddress", 12, 7): (EVM.lower(), 5_150_000),
+}
 
 
 class RecordingSubstrate:
@@ -66,6 +85,7 @@ class RecordingSubstrate:
         self.closes = 0
         self.neurons = [neuron(0, ALICE, True), neuron(1, MINER.ss58_address, False), neuron(2, DAVE, True)]
         self.commitment: dict[str, Any] | None = RECORDED_COMMITMENT
+        self.storage = dict(RECORDED_STORAGE)
         self.submit_result = bt.ExtrinsicResult(success=True, message="included")
         self.fail_next: Exception | None = None
 
@@ -96,7 +116,9 @@ class RecordingSubstrate:
     async def query(self, module: str, item: str, params: list | None = None, block_hash: str | None = None) -> Any:
         self._maybe_fail()
         self.requests.append(("query", module, item, params))
-        return self.commitment
+        if (module, item) == ("Commitments", "CommitmentOf"):
+            return self.commitment
+        return self.storage.get((module, item, *(params or [])))  # an unset Optional item decodes to None
 
     async def compose(self, call: Any) -> Any:
         self.requests.append(("compose", call.module, call.function, call.params))
@@ -169,6 +191,64 @@ async def test_transport_failure_is_unavailable_and_reconnects(chain: BittensorC
     assert sub.closes == 1
     assert await chain.validator_permit_hotkeys(12) == {ALICE, DAVE}
     assert sub.connects == 2
+
+
+async def test_neuron_uid_reads_uids_and_none_when_unregistered(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    assert await chain.neuron_uid(12, MINER.ss58_address) == 7
+    assert sub.requests[-1] == ("query", "SubtensorModule", "Uids", [12, MINER.ss58_address])
+    assert await chain.neuron_uid(12, DAVE) is None
+
+
+async def test_read_axon_gives_ip_text_and_port_and_none_before_serving(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    assert await chain.read_axon(12, MINER.ss58_address) == ("203.0.113.7", 8000)
+    assert sub.requests[-1] == ("query", "SubtensorModule", "Axons", [12, MINER.ss58_address])
+    assert await chain.read_axon(12, ALICE) is None  # zeroed AxonInfo
+    assert await chain.read_axon(12, DAVE) is None  # no entry at all
+
+
+async def test_block_timestamp_is_timestamp_now_in_seconds(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    assert await chain.block_timestamp() == 1_764_626_400.5
+    assert sub.requests[-1] == ("query", "Timestamp", "Now", None)
+
+
+async def test_associated_evm_address_is_checksummed_with_its_block(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    assert await chain.associated_evm_address(12, 7) == (EVM, 5_150_000)
+    assert sub.requests[-1] == ("query", "SubtensorModule", "AssociatedEvmAddress", [12, 7])
+    assert await chain.associated_evm_address(12, 8) is None
+
+
+async def test_associate_evm_key_is_the_hotkey_signed_extrinsic(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    signature = bytes(range(65))
+    await chain.associate_evm_key(12, EVM, 5_199_990, signature)
+    compose, submit = sub.requests
+    assert compose == ("compose", "SubtensorModule", "associate_evm_key", {
+        "netuid": 12, "evm_key": EVM.lower(), "block_number": 5_199_990, "signature": signature})
+    assert submit[2] == MINER.ss58_address
+    assert submit[3]["wait_for_inclusion"] is True
+
+
+async def test_associate_rate_limit_says_so_and_when(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    # As RpcSubstrate reports a dispatch error: the docs in `message`, the name in `error.name`.
+    docs = "The EVM key association rate limit has been exceeded."
+    sub.submit_result = bt.ExtrinsicResult(success=False, message=docs,
+                                           error=bt.ChainError(docs, "EvmKeyAssociateRateLimitExceeded"))
+    with pytest.raises(ChainRejected, match="rate-limited.*7200 blocks"):
+        await chain.associate_evm_key(12, EVM, 5_199_990, bytes(65))
+
+
+async def test_refusal_names_the_chain_error_when_the_docs_do_not(chain: BittensorChain, sub: RecordingSubstrate) -> None:
+    sub.submit_result = bt.ExtrinsicResult(success=False, message="The hotkey is not registered in the subnet.",
+                                           error=bt.ChainError("x", "HotKeyNotRegisteredInSubNet"))
+    with pytest.raises(ChainRejected, match="chain refused: HotKeyNotRegisteredInSubNet: The hotkey is not registered"):
+        await chain.associate_evm_key(12, EVM, 5_199_990, bytes(65))
+
+
+def test_bad_association_arguments_never_reach_the_chain() -> None:
+    for evm, block, sig in [("f24FF3a9CF04c71Dbc94D0b566f7A27B94566cac", 1, bytes(65)),  # no 0x
+                            (EVM[:-1], 1, bytes(65)), (EVM[:-1] + "g", 1, bytes(65)),
+                            (EVM, -1, bytes(65)), (EVM, 2**64, bytes(65)), (EVM, 1, bytes(64))]:
+        with pytest.raises(ChainRejected):
+            associate_evm_key_params(12, evm, block, sig)
 
 
 def test_bad_axon_address_never_reaches_the_chain() -> None:
