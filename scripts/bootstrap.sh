@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Installs everything the agents and the test suite need on a Debian 12 machine, as root:
-# podman (+runc), sshd, iproute2 from apt, and a virtualenv at .venv with the project
-# installed in editable mode. Idempotent: a second run only checks.
+# Installs what the agents need on a Debian 12 or 13 machine, as root: podman (+runc) from apt,
+# and a virtualenv at .venv with the locked dependencies (requirements/, pip --require-hashes)
+# and the project in editable mode. Idempotent: a second run only checks.
+#
+#   bash scripts/bootstrap.sh          what scripts/quickstart.sh runs: requirements/miner.txt
+#   bash scripts/bootstrap.sh --test   what scripts/run-tests.sh runs: also sshd, iproute2 and
+#                                      requirements/test.txt (pytest, the in-process EVM, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(podman runc fuse-overlayfs busybox-static openssh-server openssh-client iproute2 python3-venv)
+FLAVOUR=miner
+[ "${1:-}" = "--test" ] && FLAVOUR=test
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap: needs root (apt-get); run it as root, or with sudo: sudo bash $0 $*" >&2
+  exit 1
+fi
+
+APT_PACKAGES=(podman runc fuse-overlayfs busybox-static python3-venv)
+[ "$FLAVOUR" = test ] && APT_PACKAGES+=(openssh-server openssh-client iproute2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,19 +36,21 @@ for f in /etc/subuid /etc/subgid; do
 done
 
 PYTHON=${PYTHON:-python3}
+LOCK=requirements/$FLAVOUR.txt
+STAMP=.venv/.installed-$FLAVOUR
+WANT=bittensor
+[ "$FLAVOUR" = test ] && WANT=pytest_aiohttp
+CHECK="import importlib.util, miner_agent, executor_agent; assert importlib.util.find_spec('$WANT')"
 if [ ! -x .venv/bin/python ]; then
-  echo "bootstrap: creating .venv"
+  echo "bootstrap: creating .venv with $("$PYTHON" --version 2>&1)"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import miner_agent, executor_agent, pytest_aiohttp' 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "bootstrap: pip install -e .[test]"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' || true
-  touch .venv/.installed
+if ! .venv/bin/python -c "$CHECK" 2>/dev/null || [ pyproject.toml -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ]; then
+  echo "bootstrap: pip install --require-hashes -r $LOCK, then the project (editable, --no-deps)"
+  .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$LOCK" 2>&1 | grep -v 'is ignored' || true
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v 'is ignored' || true
+  touch "$STAMP"
 fi
-.venv/bin/python -c 'import miner_agent, executor_agent' >/dev/null
-echo "bootstrap: ready ($(.venv/bin/python --version), $(podman --version))"
-
-# The validators' own models (compute-horde, PyPI) in a separate venv: a test-only
-# conformance oracle, never importable by the agents.
-bash scripts/oracle-venv.sh
+.venv/bin/python -c "$CHECK" >/dev/null || {
+  echo "bootstrap: .venv does not import the project; see pip's output above" >&2; exit 1; }
+echo "bootstrap: ready ($(.venv/bin/python --version), $(podman --version), $LOCK)"

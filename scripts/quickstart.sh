@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# One command from a fresh Debian 12 machine (as root) to a running miner with a local
+# One command from a fresh Debian 12 or 13 machine to a running miner with a local
 # executor, on embedded defaults, and one job sent through it by a demo validator.
 #
 #   sudo bash scripts/quickstart.sh         set up, start, send a demo job
 #   sudo bash scripts/quickstart.sh stop    stop what it started
+# (as root, where sudo is not installed: bash scripts/quickstart.sh)
+#
+# It installs only what the miner needs (scripts/bootstrap.sh: podman, requirements/miner.txt);
+# nothing test-only.
 #
 # Everything lives in .quickstart/ in this checkout: configs, wallets (unencrypted,
 # demo only), SQLite state, job dirs, logs. The miner listens on 0.0.0.0:8000 like the
@@ -24,6 +28,10 @@ stop() {
   done
 }
 if [ "${1:-}" = "stop" ]; then stop; exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "quickstart: needs root (podman, apt); run it as root, or with sudo: sudo bash scripts/quickstart.sh" >&2
+  exit 1
+fi
 
 bash scripts/bootstrap.sh
 stop
