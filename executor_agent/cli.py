@@ -50,14 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preload_parser(sub)
     _add_specs_parser(sub)
     _add_authorize_parser(sub)
-    doctor = sub.add_parser("doctor", help="check that this host can run jobs (podman, disk, GPU/CDI, images)",
+    doctor = sub.add_parser("doctor", help="check that this host can run jobs (podman, disk, GPU/CDI, images, CVE probe)",
                             description="Checks the podman API service, the job and socket directories, free "
-                            "disk, the GPU and its CDI spec, the preloaded job images and the job-runner plugin, "
-                            "one line each. Exit status 1 if any check failed.",
+                            "disk, the GPU, its CDI spec and nvidia-container-toolkit >= 1.17.4 (GPU classes), "
+                            "user namespaces, the preloaded job images, the job-runner plugin, and runs the "
+                            "CVE-2022-0492 container-escape probe validators expect, one line each. "
+                            "Exit status 1 if any check failed.",
                             epilog=f"example:\n  sudo -u executor-agent executor-agent doctor --config {DEFAULT_CONFIG_PATH}\n",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     doctor.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help=f"TOML config (default: {DEFAULT_CONFIG_PATH} if it exists, else built-in defaults)")
+    doctor.add_argument("--class", dest="executor_class", default=None, metavar="CLASS",
+                        help="the executor class the miner advertises this host as; GPU checks apply to GPU "
+                        "classes (default: to a host with nvidia-smi)")
     return parser
 
 
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         from executor_agent.doctor import run_doctor
 
         try:
-            return run_doctor(load_config(args.config))
+            return run_doctor(load_config(args.config), executor_class=args.executor_class)
         except ConfigError as exc:
             print(f"executor-agent: {exc}", file=sys.stderr)
             return EXIT_USAGE

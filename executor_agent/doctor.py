@@ -1,14 +1,22 @@
 """`executor-agent doctor`: is this host ready to run jobs? One line per check, as it runs.
 
-Each check returns (status, detail): "ok", "warn" (works, but look at it) or "FAIL" (jobs
-will fail). The exit status is 1 when anything failed, so it can gate a deployment.
+Each check returns (status, detail): "ok", "warn" (works, but look at it), "FAIL" (jobs
+will fail) or "not checked" (does not apply here, or could not be tried; the detail says
+which). The exit status is 1 when anything failed, so it can gate a deployment.
+
+The same rows reach `miner-agent doctor` over the link (a `doctor` frame, answered by
+daemon/health.py): the running agent adds its start-up CVE-2022-0492 probe result and reruns
+the cheap checks below. GPU checks (CDI spec, nvidia-container-toolkit >= 1.17.4) apply to a
+GPU executor class; without a class given, to a host that has nvidia-smi.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,11 +24,18 @@ from typing import TypeVar
 from executor_agent.container.podman_engine import Podman
 from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, read_preload_list
+from horde_protocol.enums import ExecutorClass
 
 CDI_SPEC_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))  # where podman 4 looks for CDI specs
 GPU_CDI_KIND = "nvidia.com/gpu"
 MIN_FREE_DISK_BYTES = 20 * 1024**3  # a job image plus its volume and output need room
 DISK_WARN_PERCENT = 85
+# CVE-2025-23359 is fixed in 1.17.4; validators refuse a GPU executor with an older toolkit
+# (behaviour.md §2.9). Read from the host's own `nvidia-ctk --version`.
+MIN_TOOLKIT_VERSION = (1, 17, 4)
+TOOLKIT_COMMANDS = ("nvidia-ctk", "nvidia-container-toolkit")
+TOOLKIT_VERSION_TIMEOUT_S = 10.0
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 Result = tuple[str, str]
 T = TypeVar("T")
@@ -156,6 +171,84 @@ def check_subids(config: AgentConfig, files: tuple[Path, ...] = SUBID_FILES) -> 
     return "ok", f"`{SUBID_USER}` has subordinate ids for {jobs} concurrent job user namespaces"
 
 
+def parse_toolkit_version(output: str) -> tuple[int, int, int] | None:
+    """The version in `nvidia-ctk --version` output ("NVIDIA Container Toolkit CLI version 1.17.4"):
+    the first x.y.z of the first line, as the stock check takes the first line's last token."""
+    first = output.strip().splitlines()[0] if output.strip() else ""
+    match = _VERSION.search(first)
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+
+
+def toolkit_verdict(gpu_class: bool, output: str | None, command: str | None) -> Result:
+    """Pure: `output` is the tool's --version text, None when no tool was found."""
+    if not gpu_class:
+        return "not checked", "CPU class: the NVIDIA container toolkit is not needed"
+    wanted = ".".join(map(str, MIN_TOOLKIT_VERSION))
+    if output is None:
+        return "FAIL", (f"no {' or '.join(TOOLKIT_COMMANDS)} on PATH: validators require nvidia-container-toolkit >= "
+                        f"{wanted} for GPU classes; apt-get install nvidia-container-toolkit")
+    version = parse_toolkit_version(output)
+    if version is None:
+        return "FAIL", f"`{command} --version` printed no version ({output.strip()[:80]!r})"
+    shown = ".".join(map(str, version))
+    if version < MIN_TOOLKIT_VERSION:
+        return "FAIL", f"nvidia-container-toolkit {shown} is older than {wanted} (CVE-2025-23359): validators " \
+                       "refuse this executor; upgrade nvidia-container-toolkit"
+    return "ok", f"nvidia-container-toolkit {shown} (>= {wanted})"
+
+
+def toolkit_version_output() -> tuple[str | None, str | None]:
+    """(--version output, command) of the first toolkit command found; (None, None) when none is."""
+    for name in TOOLKIT_COMMANDS:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            done = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                  timeout=TOOLKIT_VERSION_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not run: {exc}", name
+        return done.stdout or done.stderr, name
+    return None, None
+
+
+def is_gpu_class(executor_class: str | None, config: AgentConfig) -> bool:
+    """GPU checks apply to a GPU class; with no class known, to a host that has nvidia-smi."""
+    if executor_class:
+        try:
+            return ExecutorClass(executor_class).spec.has_gpu
+        except ValueError:
+            pass
+    return shutil.which(config.nvidia_smi_path) is not None
+
+
+def check_toolkit(config: AgentConfig, gpu_class: bool) -> Result:
+    output, command = toolkit_version_output()
+    return toolkit_verdict(gpu_class, output, command)
+
+
+def check_cdi(config: AgentConfig, gpu_class: bool) -> Result:
+    """For a GPU class a missing CDI spec fails every job (podman cannot give the container the GPU)."""
+    status, detail = check_gpu(config)
+    if gpu_class and status != "ok":
+        return "FAIL", f"GPU class: {detail}"
+    return status, detail
+
+
+def probe_candidates(config: AgentConfig) -> list[str]:
+    """Images the CVE probe may run in: the preload list, which should be on the host anyway."""
+    return list(dict.fromkeys([*config.preload.images, *read_preload_list(config.jobs_dir.parent / PRELOAD_LIST_FILE)]))
+
+
+def check_cve_2022_0492(config: AgentConfig) -> Result:
+    from executor_agent.cve_probe import run_probe
+
+    try:
+        return _with_podman(config, lambda engine: run_probe(engine, probe_candidates(config)))
+    except Exception as exc:
+        return "FAIL", f"probe could not run: {type(exc).__name__}: {exc}"
+
+
 CHECKS: list[tuple[str, Callable[[AgentConfig], Result]]] = [
     ("podman API", check_podman),
     ("directories", check_directories),
@@ -167,10 +260,25 @@ CHECKS: list[tuple[str, Callable[[AgentConfig], Result]]] = [
 ]
 
 
-def run_doctor(config: AgentConfig, out: Callable[[str], None] = print) -> int:
-    failed = 0
+def host_checks(config: AgentConfig, executor_class: str | None = None) -> list[tuple[str, str, str]]:
+    """(check, status, detail) of every cheap check (all but the CVE probe), in table order.
+    Blocking (podman calls through their own loop): the agent runs it in a thread."""
+    gpu = is_gpu_class(executor_class, config)
+    rows: list[tuple[str, str, str]] = []
     for name, check in CHECKS:
-        status, detail = check(config)
+        if name == "GPU / CDI":
+            rows.append((name, *check_cdi(config, gpu)))
+            rows.append(("container toolkit", *check_toolkit(config, gpu)))
+            continue
+        rows.append((name, *check(config)))
+    return rows
+
+
+def run_doctor(config: AgentConfig, out: Callable[[str], None] = print, executor_class: str | None = None) -> int:
+    failed = 0
+    rows = host_checks(config, executor_class)
+    rows.append(("CVE-2022-0492", *check_cve_2022_0492(config)))
+    for name, status, detail in rows:
         failed += status == "FAIL"
         out(f"{status:4}  {name:17} {detail}")
     out(f"doctor: {'all checks passed' if not failed else f'{failed} check(s) failed'}")

@@ -17,6 +17,7 @@ miner -> executor
     attach   (re)subscribe this connection to a job's events with seq > since_seq
     cancel   stop a job now (container killed, a `V0HordeFailedRequest` is the last event)
     ping     liveness; answered by pong with the same nonce
+    doctor   ask for the agent's own health checks; answered by doctor_report with the same nonce
 
 executor -> miner
     hello    first frame on every connection: version, slots, the jobs it knows
@@ -24,7 +25,14 @@ executor -> miner
     error    a frame the agent could not act on (code busy / unknown_job: the job cannot
              run here); the connection stays open
     pong     answer to ping
+    doctor_report  the agent's check rows ({check, status, detail}) for `miner-agent doctor`
 
+Compatibility. LINK_VERSION counts breaking changes only; a frame kind added later (doctor,
+doctor_report) keeps it, because each side ignores what it does not know: unknown keys are
+dropped (extra="ignore"), an agent that predates a request kind answers it with an `error`
+frame (no job_uuid, "malformed frame"), and an agent lists the optional requests it answers in
+Hello `features`, so a miner never needs to guess. A miner that predates doctor_report never
+asks for one, so it never receives one.
 Every event is appended to the job's event log on the executor host before it is
 sent, so `attach` after a reconnect or a restart replays exactly what was missed.
 """
@@ -76,6 +84,31 @@ class Ping(LinkFrame):
     nonce: int = 0
 
 
+class Doctor(LinkFrame):
+    """Ask the agent for its health checks (cached start-up results plus cheap live ones)."""
+
+    link: Literal["doctor"] = "doctor"
+    nonce: int = 0
+    # The class the miner advertises this executor as: GPU checks (CDI spec, toolkit version)
+    # apply only to a GPU class. None: the agent decides from its own hardware.
+    executor_class: str | None = None
+
+
+class DoctorRow(LinkFrame):
+    check: str
+    status: Literal["ok", "warn", "FAIL", "not checked"]
+    detail: str = ""
+
+
+class DoctorReport(LinkFrame):
+    link: Literal["doctor_report"] = "doctor_report"
+    nonce: int = 0
+    rows: list[DoctorRow] = Field(default_factory=list)
+
+
+FEATURE_DOCTOR = "doctor"  # Hello.features entry: this agent answers `doctor`
+
+
 class JobSummary(LinkFrame):
     job_uuid: str
     last_seq: int
@@ -88,6 +121,7 @@ class Hello(LinkFrame):
     agent_version: str
     slots: int = 1
     jobs: list[JobSummary] = Field(default_factory=list)
+    features: list[str] = Field(default_factory=list)  # optional requests it answers (FEATURE_DOCTOR)
 
 
 class Event(LinkFrame):
@@ -112,8 +146,8 @@ class Pong(LinkFrame):
     nonce: int = 0
 
 
-MinerToAgentFrame = Annotated[Union[Submit, Payload, Attach, Cancel, Ping], Field(discriminator="link")]
-AgentToMinerFrame = Annotated[Union[Hello, Event, LinkError, Pong], Field(discriminator="link")]
+MinerToAgentFrame = Annotated[Union[Submit, Payload, Attach, Cancel, Ping, Doctor], Field(discriminator="link")]
+AgentToMinerFrame = Annotated[Union[Hello, Event, LinkError, Pong, DoctorReport], Field(discriminator="link")]
 
 _down = TypeAdapter(MinerToAgentFrame)
 _up = TypeAdapter(AgentToMinerFrame)
@@ -123,12 +157,12 @@ def encode(frame: LinkFrame) -> bytes:
     return frame.model_dump_json().encode() + b"\n"
 
 
-def decode_down(line: bytes | str) -> Submit | Payload | Attach | Cancel | Ping:
+def decode_down(line: bytes | str) -> Submit | Payload | Attach | Cancel | Ping | Doctor:
     """Parse a miner->executor line; raises pydantic.ValidationError on anything else."""
     return _down.validate_json(line)
 
 
-def decode_up(line: bytes | str) -> Hello | Event | LinkError | Pong:
+def decode_up(line: bytes | str) -> Hello | Event | LinkError | Pong | DoctorReport:
     """Parse an executor->miner line; raises pydantic.ValidationError on anything else."""
     return _up.validate_json(line)
 

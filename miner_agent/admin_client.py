@@ -14,14 +14,14 @@ class AdminUnavailable(Exception):
     """The miner is not running, or the socket is not ours to open."""
 
 
-async def call(socket: Path, method: str, path: str) -> tuple[int, dict[str, Any]]:
+async def call(socket: Path, method: str, path: str, timeout_s: float = ADMIN_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
     if not socket.exists():
         raise AdminUnavailable(
             f"no admin socket at {socket}; is miner-agent running with this config? (systemctl status miner-agent)"
         )
     connector = aiohttp.UnixConnector(path=str(socket))
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)) as http:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
             async with http.request(method, f"http://miner-agent{path}") as resp:
                 return resp.status, await resp.json()
     except PermissionError:

@@ -20,15 +20,19 @@ from pydantic import ValidationError
 
 from executor_agent import __version__
 from executor_agent.container.podman_engine import Podman
+from executor_agent.daemon.health import AgentHealth
 from executor_agent.daemon.jobdirs import prepare_jobs_dir
 from executor_agent.daemon.registry import JobRegistry, RegistryError
 from executor_agent.daemon.services import AgentServices, JobRunnerError
 from executor_agent.executor_config import LINK_GROUP, AgentConfig
 from horde_protocol.link_frames import (
+    FEATURE_DOCTOR,
     MAX_FRAME_BYTES,
     AgentToMinerFrame,
     Attach,
     Cancel,
+    Doctor,
+    DoctorReport,
     Hello,
     LinkError,
     Payload,
@@ -58,12 +62,15 @@ class AgentStartError(Exception):
 class Connection:
     """One link connection: a reader loop plus a writer task fed by `deliver`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: JobRegistry) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: JobRegistry,
+                 health: AgentHealth | None = None) -> None:
         self.reader = reader
         self.writer = writer
         self.registry = registry
+        self.health = health
         self.queue: asyncio.Queue[AgentToMinerFrame] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._doctor_tasks: set[asyncio.Task[None]] = set()
 
     def deliver(self, frame: AgentToMinerFrame) -> None:
         self.queue.put_nowait(frame)
@@ -71,7 +78,7 @@ class Connection:
     async def serve(self) -> None:
         self._writer_task = asyncio.create_task(self._write_loop())
         self.deliver(Hello(agent_version=__version__, slots=self.registry.config.slots,
-                           jobs=self.registry.summaries()))
+                           jobs=self.registry.summaries(), features=[FEATURE_DOCTOR] if self.health else []))
         try:
             while (line := await self._read_frame()) is not None:
                 if line.strip():
@@ -83,6 +90,8 @@ class Connection:
             await self.close()
 
     async def close(self) -> None:
+        for task in list(self._doctor_tasks):
+            task.cancel()
         if self._writer_task is not None:
             self._writer_task.cancel()
             await asyncio.gather(self._writer_task, return_exceptions=True)
@@ -128,12 +137,30 @@ class Connection:
                 self.registry.cancel(frame.job_uuid, frame.reason)
             elif isinstance(frame, Ping):
                 self.deliver(Pong(nonce=frame.nonce))
+            elif isinstance(frame, Doctor):
+                self._answer_doctor(frame)
         except RegistryError as exc:
             self.deliver(LinkError(job_uuid=getattr(frame, "job_uuid", None), details=str(exc), code=exc.code))
         except OSError as exc:
             log.error("frame failed link=%s error=%s", frame.link, exc)
             self.deliver(LinkError(job_uuid=getattr(frame, "job_uuid", None),
                                    details=f"executor host error: {exc.strerror or exc}"))
+
+    def _answer_doctor(self, frame: Doctor) -> None:
+        """The checks take a while (podman calls in a thread); answered from a task so job frames
+        on this connection are never held behind them."""
+        if self.health is None:
+            self.deliver(LinkError(details="doctor: this agent has no health checks"))
+            return
+        health = self.health
+
+        async def answer() -> None:
+            rows = await health.rows(frame.executor_class)
+            self.deliver(DoctorReport(nonce=frame.nonce, rows=rows))
+
+        task = asyncio.create_task(answer(), name="doctor-answer")
+        self._doctor_tasks.add(task)
+        task.add_done_callback(self._doctor_tasks.discard)
 
     async def _write_loop(self) -> None:
         while True:
@@ -177,6 +204,7 @@ class ExecutorAgent:
         self.podman = Podman(config.podman_url)
         self.services: AgentServices | None = None  # specs, image GC, job-runner plugin; built in start()
         self.registry: JobRegistry | None = None  # built by the services, which hand it the jobs' deps
+        self.health = AgentHealth(config, self.podman)  # start-up CVE probe, doctor answers
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[Connection, asyncio.Task[None]] = {}
 
@@ -209,6 +237,7 @@ class ExecutorAgent:
                                   "a member (the unit's SupplementaryGroups=)") from None
         log.info("agent listening socket=%s slots=%d version=%s", self.config.socket_path,
                  self.config.slots, __version__)
+        self.health.start()  # in the background, after the socket is up: never on a job's path
 
     @staticmethod
     def _prepare_socket_path(path: Path) -> None:
@@ -228,7 +257,7 @@ class ExecutorAgent:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.registry is not None  # the socket listens only once start() built it
-        connection = Connection(reader, writer, self.registry)
+        connection = Connection(reader, writer, self.registry, self.health)
         task = asyncio.current_task()
         assert task is not None
         self._connections[connection] = task
@@ -247,6 +276,7 @@ class ExecutorAgent:
             connection.writer.transport.abort()
         if self._connections:
             await asyncio.wait(list(self._connections.values()), timeout=CONNECTION_CLOSE_TIMEOUT_S)
+        await self.health.stop()
         if self.services is not None:
             await self.services.stop()
         left = await self.registry.detach_all() if self.registry is not None else 0

@@ -17,15 +17,18 @@ import enum
 import errno
 import logging
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import asyncssh
 from pydantic import ValidationError
 
 from horde_protocol import link_frames as L
 from miner_agent.miner_config import LocalExecutor, SshExecutor
+
+if TYPE_CHECKING:
+    import asyncssh  # imported for real only by an SSH link (_open): ~20 MiB resident a local-only miner spares
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 10.0
 SSH_KEEPALIVE_INTERVAL_S = 5.0
 SSH_KEEPALIVE_COUNT_MAX = 3  # three missed keepalives (15 s) mark the link down
+DOCTOR_TIMEOUT_S = 30.0  # the agent's checks are bounded at 20 s (executor_agent/daemon/health.py)
+
+
+class AgentTooOld(Exception):
+    """The agent does not answer `doctor` frames (it predates them)."""
 
 
 class LinkState(str, enum.Enum):
@@ -77,6 +85,8 @@ class ExecutorLink:
     _ssh: asyncssh.SSHClientConnection | None = None
     _task: asyncio.Task[None] | None = None
     _up: asyncio.Event = field(default_factory=asyncio.Event)
+    _doctor_waiters: dict[int, asyncio.Future[L.DoctorReport]] = field(default_factory=dict)
+    _doctor_nonce: int = 0
 
     @property
     def name(self) -> str:
@@ -132,8 +142,35 @@ class ExecutorLink:
         try:
             writer.write(L.encode(frame))
             await writer.drain()
-        except (OSError, asyncssh.Error, ConnectionError) as exc:
+        except (OSError, ConnectionError, *_ssh_errors()) as exc:
             raise LinkDown(f"executor {self.name}: send failed: {exc}") from None
+
+    async def doctor(self, executor_class: str | None, timeout_s: float = DOCTOR_TIMEOUT_S) -> L.DoctorReport:
+        """The agent's own check rows. Raises LinkDown, AgentTooOld, or TimeoutError."""
+        hello = self.hello
+        if self.state is LinkState.UP and hello is not None and L.FEATURE_DOCTOR not in hello.features:
+            raise AgentTooOld(f"executor agent {hello.agent_version} does not report its checks")
+        self._doctor_nonce += 1
+        nonce = self._doctor_nonce
+        waiter: asyncio.Future[L.DoctorReport] = asyncio.get_running_loop().create_future()
+        self._doctor_waiters[nonce] = waiter
+        try:
+            await self._write(L.Doctor(nonce=nonce, executor_class=executor_class))
+            return await asyncio.wait_for(waiter, timeout_s)
+        finally:
+            self._doctor_waiters.pop(nonce, None)
+
+    def _doctor_answer(self, frame: L.DoctorReport | L.LinkError) -> None:
+        """Resolve the waiting doctor request; an untagged error while one waits is the answer of
+        an agent that cannot parse the frame."""
+        if isinstance(frame, L.DoctorReport):
+            waiter = self._doctor_waiters.get(frame.nonce)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)
+            return
+        for waiter in self._doctor_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(AgentTooOld(f"executor agent answered: {frame.details}"))
 
     # -- connection loop ----------------------------------------------------------------
 
@@ -166,6 +203,8 @@ class ExecutorLink:
         entry = self.entry
         if isinstance(entry, LocalExecutor):
             return await asyncio.open_unix_connection(str(entry.socket), limit=L.MAX_FRAME_BYTES)
+        import asyncssh
+
         host_id = entry.host if entry.port == 22 else f"[{entry.host}]:{entry.port}"
         self._ssh = await asyncssh.connect(
             entry.host,
@@ -207,6 +246,11 @@ class ExecutorLink:
                 continue
             if isinstance(frame, L.Event):
                 await self._deliver(frame)
+            elif isinstance(frame, L.DoctorReport):
+                self._doctor_answer(frame)
+            elif isinstance(frame, L.LinkError) and frame.job_uuid is None and "doctor" in frame.details \
+                    and self._doctor_waiters:
+                self._doctor_answer(frame)
             elif isinstance(frame, L.LinkError):
                 log.error("executor reported an error executor=%s job=%s code=%s details=%r",
                           self.name, frame.job_uuid, frame.code or "-", frame.details)
@@ -265,7 +309,15 @@ def _describe(exc: BaseException, entry: LocalExecutor | SshExecutor) -> str:
 UNREACHABLE_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ETIMEDOUT})
 
 
+def _ssh_errors() -> tuple[type[BaseException], ...]:
+    """asyncssh's base error once an SSH link has imported asyncssh; before that no link can raise it."""
+    asyncssh = sys.modules.get("asyncssh")
+    return (asyncssh.Error,) if asyncssh is not None else ()
+
+
 def _describe_ssh(exc: BaseException, entry: SshExecutor) -> str:
+    import asyncssh
+
     where = f"{entry.host}:{entry.port}"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return (f"host key of {entry.host} does not match the pinned host_key of executor {entry.name}"

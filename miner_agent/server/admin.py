@@ -2,6 +2,7 @@
 
 JSON over HTTP on the socket, so `curl --unix-socket` works too:
     GET  /status                      executors, running jobs, manifest, receipts
+    GET  /doctor                      what `miner-agent doctor` needs from us, each executor's report included
     POST /executors/<name>/drain      finish running jobs, take no new one (kept across restarts)
     POST /executors/<name>/undrain
     POST /selftest/key                one-time validator key for `miner-agent self-test`
@@ -102,10 +103,18 @@ async def selftest_key_revoke(request: web.Request) -> web.Response:
     return web.json_response({"revoked": hotkey})
 
 
+async def doctor(request: web.Request) -> web.Response:
+    from miner_agent.doctor.live import live_facts  # only doctor pays for the import
+
+    facts = await live_facts(request.app[CTX])
+    return web.json_response(text=facts.model_dump_json())
+
+
 def build_admin_app(ctx: MinerContext) -> web.Application:
     app = web.Application()
     app[CTX] = ctx
     app.router.add_get("/status", status)
+    app.router.add_get("/doctor", doctor)
     app.router.add_post("/executors/{name}/drain", drain)
     app.router.add_post("/executors/{name}/undrain", undrain)
     app.router.add_post("/selftest/key", selftest_key)
