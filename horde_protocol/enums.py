@@ -60,7 +60,13 @@ EXECUTOR_CLASS_SPECS: dict[ExecutorClass, ExecutorClassSpec] = {
 }
 EXECUTOR_CLASS_BY_SHORT_CODE: dict[str, ExecutorClass] = {s.short_code: c for c, s in EXECUTOR_CLASS_SPECS.items()}
 
-DEFAULT_EXECUTOR_CLASS = ExecutorClass.spin_up_4min__gpu_24gb
+# The stock compute_horde default (what a stock miner without DEFAULT_EXECUTOR_CLASS advertised);
+# the migration keeps it, so an imported config says what the old miner said.
+STOCK_DEFAULT_EXECUTOR_CLASS = ExecutorClass.spin_up_4min__gpu_24gb
+# Ours: the class validators weight. Production's DYNAMIC_EXECUTOR_CLASS_WEIGHTS has been
+# `always_on.cpu.8c.16gb=100` since 2026-01, so a new executor advertised as the stock default
+# would earn nothing; `miner-agent doctor` warns when the weights move on.
+DEFAULT_EXECUTOR_CLASS = ExecutorClass.always_on__cpu__8c__16gb
 DEFAULT_LLM_EXECUTOR_CLASS = ExecutorClass.always_on__llm__a6000
 MAX_EXECUTOR_TIMEOUT_S = 1200  # 20 minutes: the stock miner's pool kills executors older than this
 
@@ -150,6 +156,7 @@ TRUSTED_MINER_FAKE_KEY = "0" * 48
 
 __all__ = [
     "DEFAULT_EXECUTOR_CLASS",
+    "STOCK_DEFAULT_EXECUTOR_CLASS",
     "DEFAULT_LLM_EXECUTOR_CLASS",
     "EXECUTOR_CLASS_BY_SHORT_CODE",
     "EXECUTOR_CLASS_SPECS",

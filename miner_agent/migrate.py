@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from horde_protocol.enums import DEFAULT_EXECUTOR_CLASS, ExecutorClass
+from horde_protocol.enums import STOCK_DEFAULT_EXECUTOR_CLASS, ExecutorClass
 
 STOCK_VENDOR_DIR = "/root/vendor"  # where the stock compose mounts HOST_VENDOR_DIR (SSH keys live there)
 STOCK_DEFAULT_CLASS_LITERAL = "DEFAULT_EXECUTOR_CLASS"  # the YAML may name the setting instead of a class
@@ -138,7 +138,7 @@ def convert(servers: dict[str, dict[str, str]], env: dict[str, str] | None = Non
     env = env or {}
     notes: list[str] = []
     vendor = vendor_dir or (Path(env["HOST_VENDOR_DIR"]) if env.get("HOST_VENDOR_DIR") else None)
-    default_class = env.get("DEFAULT_EXECUTOR_CLASS") or DEFAULT_EXECUTOR_CLASS.value
+    default_class = env.get("DEFAULT_EXECUTOR_CLASS") or STOCK_DEFAULT_EXECUTOR_CLASS.value  # what the stock miner said
     lines = [f"# Converted from {source} by `miner-agent config import-docker-config`.",
              "# Keys not written here keep their defaults (docs/configuration.md).", ""]
     if env.get("BITTENSOR_MINER_PORT"):

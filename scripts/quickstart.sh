@@ -61,8 +61,14 @@ create_wallet(wallets, "miner", "default")
 print(create_wallet(wallets, "validator", "default").hotkey)
 PY
 )
-CLASS=always_on.test
-command -v nvidia-smi >/dev/null 2>&1 && CLASS=spin_up-4min.gpu-24gb
+# The class validators pay for today: production's DYNAMIC_EXECUTOR_CLASS_WEIGHTS has been
+# always_on.cpu.8c.16gb=100 since 2026-01, so a GPU class (or always_on.test) would earn nothing.
+# A GPU host moves to a GPU class only once the weights give it one; `miner-agent doctor` says so.
+CLASS=always_on.cpu.8c.16gb
+if command -v nvidia-smi >/dev/null 2>&1; then
+  echo "quickstart: GPU found; advertising $CLASS anyway, the only class validators weight today." \
+       "Switch executor_class when DYNAMIC_EXECUTOR_CLASS_WEIGHTS weights a GPU class (miner-agent doctor shows it)"
+fi
 
 cat >"$QS/executor-agent.toml" <<TOML
 socket_path = "$QS/run/agent.sock"

@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("action", choices=["list", "add", "remove", "drain", "undrain"])
     ex.add_argument("name", nargs="?", help="executor name (all actions but list)")
     ex.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
-    ex.add_argument("--class", dest="executor_class", default="spin_up-4min.gpu-24gb", help="executor class (add)")
+    ex.add_argument("--class", dest="executor_class", default="always_on.cpu.8c.16gb",
+                    help="executor class (add; default always_on.cpu.8c.16gb, the class validators weight today; "
+                    "`miner-agent doctor` checks it against the current weights)")
     ex.add_argument("--mode", choices=["local", "ssh"], default="local", help="how to reach its agent (add)")
     ex.add_argument("--socket", type=Path, default=None, help="agent socket on its host (add)")
     ex.add_argument("--host", help="ssh host (add, mode ssh)")

@@ -117,6 +117,9 @@ def test_configured_miner_is_active_and_logs_to_the_journal(machine: Machine) ->
     state["validator"] = validator
     machine.sh("chown -R miner-agent:miner-agent /etc/miner-agent/wallets/default")
     machine.sh(f"sed -i 's|^#allow = \\[\\]|allow = [\"{validator}\"]|' /etc/miner-agent/miner-agent.toml")
+    # A GPU class, so the job below takes the nvidia_all preset to the fake CDI device (the default
+    # class, always_on.cpu.8c.16gb, has no GPU).
+    machine.sh("miner-agent executors add local --class spin_up-4min.gpu-24gb --config /etc/miner-agent/miner-agent.toml")
     machine.sh("systemctl restart miner-agent")
     wait_active(machine, "miner-agent.service")
     assert machine.unit("miner-agent", "StatusText").startswith("serving validators on port 8000")

@@ -8,6 +8,7 @@ from pydantic import TypeAdapter, ValidationError
 from horde_protocol.enums import (
     DEFAULT_EXECUTOR_CLASS,
     EXECUTOR_CLASS_BY_SHORT_CODE,
+    STOCK_DEFAULT_EXECUTOR_CLASS,
     DockerRunOptionsPreset,
     ExecutorClass,
     HordeFailureReason,
@@ -35,7 +36,10 @@ def test_executor_classes_and_their_specs() -> None:
         "always_on.cpu.8c.16gb": ("C", 30, False),
     }
     assert EXECUTOR_CLASS_BY_SHORT_CODE["L"] is ExecutorClass.always_on__llm__a6000
-    assert DEFAULT_EXECUTOR_CLASS == "spin_up-4min.gpu-24gb"
+    # ours is the class production weights (always_on.cpu.8c.16gb=100 since 2026-01); the stock
+    # default stays for the migration of a stock config
+    assert DEFAULT_EXECUTOR_CLASS == "always_on.cpu.8c.16gb"
+    assert STOCK_DEFAULT_EXECUTOR_CLASS == "spin_up-4min.gpu-24gb"
     assert str(ExecutorClass.always_on__test) == "always_on.test"
 
 
