@@ -7,7 +7,10 @@ with `0x` as hex, which would silently sign something else. (No blob of this pro
 
 from __future__ import annotations
 
-from bittensor_wallet import Keypair
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported on first verify: an executor agent never signs, and it costs ~3 MiB resident
+    from bittensor_wallet import Keypair
 
 
 def sign_blob(keypair: Keypair, blob: str) -> str:
@@ -21,6 +24,8 @@ def verify_blob(ss58_address: str, blob: str, signature: str) -> bool:
     exception: a peer must not be able to crash a verifier with junk."""
     if not isinstance(signature, str) or not signature.startswith("0x"):
         return False
+    from bittensor_wallet import Keypair
+
     try:
         return bool(Keypair(ss58_address=ss58_address).verify(blob.encode("utf-8"), signature))
     except (ValueError, TypeError):

@@ -11,7 +11,6 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_common.tomlfile import ConfigError, load_model
@@ -92,6 +91,8 @@ class SshExecutor(_ExecutorBase):
     @field_validator("host_key")
     @classmethod
     def _parses(cls, value: str) -> str:
+        import asyncssh  # here, not at the top: only SSH executors need it, and it costs ~20 MiB resident
+
         try:
             asyncssh.import_public_key(value.strip())
         except (asyncssh.KeyImportError, ValueError):

@@ -22,11 +22,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
 from agent_common.private import PRIVATE_FILE_MODE, private_open
 
 log = logging.getLogger(__name__)
@@ -61,6 +56,12 @@ def make_server_cert(executor_ip: str | None) -> ServerCert:
     """Self-signed RSA-2048/SHA-256 certificate, CN localhost, SAN localhost + executor_ip
     (an IP SAN when it parses as an IP, else a DNS SAN), valid 365 days: what the stock
     executor makes, so users pinning it see the same shape."""
+    # cryptography here, not at the top: only streaming jobs make certificates, and it costs ~7 MiB resident.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
     key = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERT_COMMON_NAME)])
     sans: list[x509.GeneralName] = [x509.DNSName(CERT_COMMON_NAME)]
