@@ -7,10 +7,16 @@ failure: such a failure becomes `checked=False` (nothing could be read) or one r
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-from miner_agent.chain.backend import ChainBackend
+from miner_agent.chain.backend import ChainBackend, ChainError
 from miner_agent.miner_config import MinerConfig
+
+log = logging.getLogger(__name__)
 
 
 class PendingReclaim(BaseModel):
@@ -30,8 +36,9 @@ class CollateralRow(BaseModel):
     collateral_wei: int | None = None  # collaterals(our_h160); None when it could not be read
     threshold_wei: int = 0
     pending_reclaims: list[PendingReclaim] = Field(default_factory=list)
+    contract_ok: bool = False  # TRUSTEE and NETUID checked: deposits may go there
     ok: bool = False
-    problem: str = ""  # one operator sentence; "" when ok
+    problem: str = ""  # one operator sentence; "" when ok (or a warning that does not filter us out)
 
 
 class CollateralReport(BaseModel):
@@ -57,7 +64,120 @@ class CollateralReport(BaseModel):
         return [row for row in self.rows if not row.ok]
 
 
-async def collateral_report(config: MinerConfig, chain: ChainBackend) -> CollateralReport:
-    """Read every permitted validator's contract and our collateral in it (stub until the EVM side lands)."""
-    return CollateralReport(checked=False, reason="collateral check not implemented yet", netuid=config.chain.netuid,
-                            threshold_wei=config.collateral.threshold_wei)
+def not_checked_reason(config: MinerConfig) -> str:
+    """Why the collateral cannot be checked with this config; "" when it can."""
+    if config.chain.backend == "static" and not config.collateral.evm_rpc:
+        return "static chain backend and no [collateral] evm_rpc"
+    if config.collateral.evm_rpc_url(config.chain.network) is None:
+        return f"no EVM RPC known for network {config.chain.network!r}; set [collateral] evm_rpc"
+    return ""
+
+
+async def collateral_report(
+    config: MinerConfig,
+    chain: ChainBackend,
+    *,
+    w3: Any = None,
+    hotkey: str | None = None,
+    key_h160: str | None = None,
+) -> CollateralReport:
+    """Read every permitted validator's contract and our collateral in it.
+
+    `w3` (a web3.Web3) defaults to one for the configured EVM RPC; `hotkey` to the wallet's;
+    `key_h160` to the local EVM key file's address when there is one. Chain reads are awaited;
+    EVM reads are blocking web3 calls and run in a worker thread, off the event loop.
+    """
+    settings = config.collateral
+    netuid = config.chain.netuid
+    report = CollateralReport(checked=False, netuid=netuid, threshold_wei=settings.threshold_wei)
+    if w3 is None:
+        report.reason = not_checked_reason(config)
+        if report.reason:
+            return report
+        from miner_agent.collateral.contract import connect
+
+        w3 = connect(str(settings.evm_rpc_url(config.chain.network)), settings.rpc_timeout_s)
+    if hotkey is None:
+        from miner_agent.keys import WalletError, load_hotkey
+
+        try:
+            hotkey = load_hotkey(config.wallet.path, config.wallet.name, config.wallet.hotkey).hotkey
+        except WalletError as exc:
+            report.reason = str(exc)
+            return report
+    if key_h160 is None:
+        key_h160 = _local_key_address(config)
+    report.hotkey, report.key_h160 = hotkey, key_h160
+    try:
+        validators = sorted(await chain.validator_permit_hotkeys(netuid))
+        report.uid = await chain.neuron_uid(netuid, hotkey)
+        association = None if report.uid is None else await chain.associated_evm_address(netuid, report.uid)
+        report.associated_h160 = None if association is None else association[0]
+        sides = []
+        for validator in validators:
+            commitment = await chain.read_commitment(netuid, validator)
+            vuid = await chain.neuron_uid(netuid, validator)
+            trustee = None if vuid is None else await chain.associated_evm_address(netuid, vuid)
+            sides.append((validator, commitment, None if trustee is None else trustee[0]))
+    except ChainError as exc:
+        report.reason = f"chain not read: {exc}"
+        return report
+    try:
+        await asyncio.to_thread(_evm_side, w3, report, sides, config)
+    except Exception as exc:  # connection refused, timeout, garbage from the RPC: one sentence
+        report.reason = f"EVM RPC not read: {type(exc).__name__}: {exc}"
+        report.rows = []
+        return report
+    report.checked = True
+    return report
+
+
+def _local_key_address(config: MinerConfig) -> str | None:
+    from miner_agent.collateral.keystore import EvmKeyError, key_path, load_evm_key
+
+    try:
+        return load_evm_key(key_path(config.wallet)).address
+    except EvmKeyError:
+        return None
+
+
+def _evm_side(w3: Any, report: CollateralReport, sides: list[tuple[str, str, str | None]], config: MinerConfig) -> None:
+    from miner_agent.collateral.contract import CollateralContract, format_tao
+    from miner_agent.collateral.discovery import contract_problem, parse_contract_address
+
+    settings = config.collateral
+    ours = report.associated_h160
+    if report.key_h160:
+        report.evm_balance_wei = int(w3.eth.get_balance(report.key_h160))
+    for validator, commitment, trustee in sides:
+        row = CollateralRow(validator=validator, our_h160=ours, threshold_wei=settings.threshold_wei)
+        report.rows.append(row)
+        row.contract = parse_contract_address(commitment)
+        if row.contract is None:
+            row.problem = "the validator publishes no collateral contract in its commitment, so it sees no collateral from anyone"
+            continue
+        contract = CollateralContract(w3, row.contract)
+        row.problem = contract_problem(contract, report.netuid, validator, trustee)
+        if row.problem:
+            continue
+        row.contract_ok = True
+        if report.uid is None:
+            row.problem = f"our hotkey {report.hotkey} is not registered on netuid {report.netuid}"
+            continue
+        if report.uid == 0:
+            row.problem = "validators skip uid 0 when they read collateral; nothing can make it count"
+            continue
+        if ours is None:
+            row.problem = "our uid has no associated EVM address; run `miner-agent collateral associate`"
+            continue
+        row.collateral_wei = contract.collateral_of(ours)
+        row.pending_reclaims = contract.pending_reclaims(ours, settings.reclaim_lookback_blocks)
+        row.ok = row.collateral_wei >= settings.threshold_wei
+        if not row.ok:
+            missing = settings.threshold_wei - row.collateral_wei
+            row.problem = (f"collateral {format_tao(row.collateral_wei)} TAO is below the threshold "
+                           f"{format_tao(settings.threshold_wei)} TAO; deposit at least {format_tao(missing)} TAO more")
+            continue
+        after = row.collateral_wei - sum(r.amount_wei for r in row.pending_reclaims)
+        if row.pending_reclaims and after < settings.threshold_wei:
+            row.problem = (f"pending reclaims will leave {format_tao(after)} TAO when finalized, below the threshold")
