@@ -12,29 +12,20 @@ from bittensor_wallet import Keypair
 from horde_protocol.enums import ExecutorClass
 from horde_protocol.messages import V0ExecutorManifestRequest, V0MainHotkeyMessage
 from miner_agent.chain.chain_config import ChainSection
-from miner_agent.fleet.manager import BaseExecutorManager, ManagedExecutor
 from miner_agent.miner_config import ExecutorManagerSection
 from tests.fixtures.miner import sim_for
+from tests.integration.test_executor_manager import FailingManager
 
 ROTATION_HEAD = Keypair.create_from_uri("//Alice").ss58_address
 MANIFEST = {"always_on.test": 2, "always_on.gpu-24gb": 1}
 SETTLE_S = 10.0  # the validators duty reads the (static) block right after start
 
 
-class TwoClassManager(BaseExecutorManager):
+class TwoClassManager(FailingManager):
     """Advertises two classes; never asked to start anything here."""
 
     def get_manifest(self) -> dict[ExecutorClass, int]:
         return {ExecutorClass(k): v for k, v in MANIFEST.items()}
-
-    async def start_new_executor(self, token: str, executor_class: ExecutorClass, timeout_s: float) -> ManagedExecutor:
-        raise RuntimeError("not in this test")
-
-    async def kill_executor(self, executor: ManagedExecutor) -> None:
-        pass
-
-    async def wait_for_executor(self, executor: ManagedExecutor, timeout_s: float) -> object | None:
-        return None
 
 
 async def _get(port: int, path: str) -> tuple[int, str, dict]:

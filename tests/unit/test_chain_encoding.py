@@ -251,3 +251,16 @@ async def test_commitment_is_one_raw_field_of_its_length(scale: Scale, codec: Ru
     assert data_type["path"][-1] == "Data"
     raw = {v["name"]: v["index"] for v in data_type["def"]["variant"]["variants"] if v["name"].startswith("Raw")}
     assert raw == {f"Raw{n}": n + 1 for n in range(MAX_COMMITMENT_BYTES + 1)}
+
+
+def test_the_recorded_storage_answers_are_what_the_codec_decodes(codec: RuntimeCodec) -> None:
+    """test_chain_bittensor's recording substrate answers reads with hand-written decoded values;
+    each is what the SDK's codec decodes from its SCALE bytes, and each key encodes, in this runtime."""
+    from tests.unit.test_chain_bittensor import RECORDED_STORAGE
+
+    for (pallet, item, *params), value in RECORDED_STORAGE.items():
+        entry = codec.storage_entry(pallet, item)
+        assert len(params) == len(entry.param_types), (pallet, item)
+        codec.storage_key(entry, params)  # raises when a key part is not of its declared type
+        decoded = codec.decode(entry.value_type, codec.encode(entry.value_type, value))
+        assert decoded == value, (pallet, item)
