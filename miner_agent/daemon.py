@@ -18,6 +18,7 @@ from aiohttp import web
 
 from miner_agent.activity import Activity
 from miner_agent.chain.duties import build_chain_duties
+from miner_agent.collateral.duty import CollateralDuty
 from miner_agent.db import open_db
 from miner_agent.fleet.manager import load_manager
 from miner_agent.fleet.pool import MANIFEST_HOLD_S, Fleet
@@ -78,7 +79,9 @@ class MinerAgent:
         maintenance = ReceiptMaintenance(conn, cfg.receipts_dir, receipts)
         self._maintenance = asyncio.create_task(maintenance.run_forever(), name="receipts-maintenance")
         self.ctx = MinerContext(cfg, signer, fleet, service, receipts, chain, metrics, activity=Activity(conn))
+        self.ctx.collateral = CollateralDuty(cfg, chain.backend, signer.hotkey)
         attach_gauges(self.ctx)
+        metrics.gauges.extend(self.ctx.collateral.gauges())
         self._admin = await start_admin(self.ctx, cfg.admin_socket)
         if cfg.miner.metrics_enabled:
             self._metrics, self.metrics_port = await start_metrics(self.ctx, cfg.miner.metrics_host, cfg.miner.metrics_port)
@@ -90,6 +93,7 @@ class MinerAgent:
         self.port = site.port
         self.ctx.public_port = self.port
         await chain.start()  # after the bind: the axon announce needs the real port
+        await self.ctx.collateral.start()
         log.info(
             "miner-agent started hotkey=%s listen=%s:%d executors=%d validators_allowed=%d chain=%s state_dir=%s",
             signer.hotkey, cfg.miner.listen_host, self.port, len(cfg.executors), len(cfg.validators.allow),
@@ -108,6 +112,8 @@ class MinerAgent:
             await asyncio.gather(self._maintenance, return_exceptions=True)
         if self.ctx is not None:
             running = len(self.ctx.service.jobs)
+            if self.ctx.collateral is not None:
+                await self.ctx.collateral.stop()
             await self.ctx.chain.stop()
             await self.ctx.service.stop()
             await self.ctx.fleet.stop()

@@ -7,6 +7,7 @@ import json
 import sys
 
 from miner_agent.admin_client import call
+from miner_agent.collateral.duty import status_line
 from miner_agent.miner_config import MinerConfig
 
 
@@ -41,6 +42,7 @@ async def status_command(config: MinerConfig, args: argparse.Namespace) -> int:
     print(f"miner-agent {status['version']}  hotkey {status['hotkey']}  port {status['port']}")
     print(f"manifest: {json.dumps(status['manifest'])}   receipts stored: {status['receipts']}   "
           f"validator connections: {status['validator_connections']}")
+    print(status_line(status.get("collateral")))
     print()
     print(_executor_table(status))
     print()

@@ -57,6 +57,7 @@ async def status(request: web.Request) -> web.Response:
         "receipts": ctx.receipts.count(),
         "validator_connections": ctx.metrics.ws_open,
         "chain": ctx.chain.status(),
+        "collateral": ctx.collateral.status() if ctx.collateral is not None else None,
     })
 
 

@@ -31,6 +31,8 @@ class MinerContext:
     metrics: MinerMetrics = field(default_factory=MinerMetrics)
     # When each validator last authenticated and when a receipt page was last served (doctor, alerts).
     activity: Activity = field(default_factory=Activity)
+    # The periodic collateral check (miner_agent/collateral/duty.py); None in tests that build a bare context.
+    collateral: Any = None
     # One-time self-test validator keys handed out on the admin socket: hotkey -> expiry (monotonic s).
     selftest_keys: dict[str, float] = field(default_factory=dict)
 

@@ -345,3 +345,61 @@ def test_each_contract_error_surfaces_as_its_sentence(evm: EvmChain, tmp_path: P
         assert text == f"the contract refused ({name}): {sentences[name]}", name
     # TransferFailed needs a receiver that rejects payment, which an EOA never does: covered by
     # test_revert_data_from_a_node_becomes_the_sentence with the node's revert data.
+
+
+# --- the running miner: periodic check, gauges, log line, `miner-agent status` ------------------------------
+
+async def test_running_miner_reports_collateral_on_metrics_status_and_log(
+        evm: EvmChain, tmp_path: Path, start_miner, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    import asyncio
+    import logging
+
+    import aiohttp
+
+    from miner_agent.admin_client import call
+    from miner_agent.collateral.duty import status_line
+    from miner_agent.miner_config import MinerSection
+
+    world = make_world(evm, tmp_path, ["good", "good"])
+    assert await asyncio.to_thread(world.cli, "deposit", "--validator", world.validators[0], "--amount", "0.01",
+                                   "--yes") == 0  # the CLI runs its own event loop
+    config = load_config(world.config_path)
+    config = config.model_copy(update={"miner": MinerSection(
+        listen_host="127.0.0.1", listen_port=0, state_dir=tmp_path / "state", metrics_port=0,
+        admin_socket=tmp_path / "admin.sock")})
+    agent = await start_miner(config)
+    duty = agent.ctx.collateral
+    assert duty.enabled and duty.period_s == 600
+    with caplog.at_level(logging.INFO, logger="miner_agent.collateral.duty"):
+        await duty.check_once()
+    (line,) = [r.getMessage() for r in caplog.records if "collateral" in r.getMessage()]
+    assert f"below threshold at 1/2 validators threshold_wei={THRESHOLD_WEI} below={world.validators[1]}:0" in line
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{agent.metrics_port}/metrics") as response:
+            metrics = await response.text()
+    good, short = world.validators
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])  # Prometheus reads 1e+16 as 10^16
+               for line in metrics.splitlines() if line.startswith("miner_agent_collateral")}
+    assert samples == {
+        f'miner_agent_collateral_wei{{validator="{good}"}}': THRESHOLD_WEI,
+        f'miner_agent_collateral_wei{{validator="{short}"}}': 0,
+        f'miner_agent_collateral_sufficient{{validator="{good}"}}': 1,
+        f'miner_agent_collateral_sufficient{{validator="{short}"}}': 0,
+        "miner_agent_collateral_threshold_wei": THRESHOLD_WEI,
+    }
+
+    _, status = await call(config.admin_socket, "GET", "/status")
+    assert status["collateral"]["below"][0]["validator"] == short
+    assert status_line(status["collateral"]).startswith(f"collateral: BELOW THRESHOLD at 1/2 validators: {short}")
+
+
+async def test_static_miner_without_evm_rpc_does_not_check(miner_config, start_miner) -> None:  # noqa: ANN001
+    from miner_agent.admin_client import call
+    from miner_agent.collateral.duty import status_line
+
+    agent = await start_miner(miner_config)
+    assert not agent.ctx.collateral.enabled
+    assert "miner_agent_collateral_sufficient{" not in agent.ctx.metrics.render()
+    _, status = await call(miner_config.admin_socket, "GET", "/status")
+    assert status_line(status["collateral"]) == "collateral: not checked (static chain backend and no [collateral] evm_rpc)"
