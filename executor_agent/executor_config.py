@@ -100,6 +100,18 @@ class ImageGcSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """The agent's Prometheus endpoint (executor_agent/daemon/metrics_endpoint.py; docs/metrics.md): its
+    disk and image collection. Loopback unless `host` says otherwise; a port already taken is logged
+    and the agent runs on without it (jobs matter more than the graph)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="serve /metrics")
+    host: str = Field("127.0.0.1", description="address of the metrics listener; never the miner link")
+    port: int = Field(9109, ge=0, le=65535, description="its TCP port (0 = any free port)")
+
+
 class StreamingSettings(BaseModel):
     """Streaming jobs (behaviour.md §2.6): the agent serves mutual TLS on one port of
     `port_range` per job and forwards to the job's port 8000 on its internal network."""
@@ -222,6 +234,7 @@ class AgentConfig(BaseModel):
     container: ContainerLimits = Field(default_factory=ContainerLimits)
     preload: PreloadSettings = Field(default_factory=PreloadSettings)
     image_gc: ImageGcSettings = Field(default_factory=ImageGcSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     egress: EgressSettings = Field(default_factory=EgressSettings)
     specs_refresh_s: float = Field(

@@ -193,6 +193,28 @@ class GcReport:
     errors: int
 
 
+@dataclass
+class GcStats:
+    """What the collection has done since the agent started (executor_agent/daemon/metrics_endpoint.py)."""
+
+    runs: int = 0
+    failed_runs: int = 0  # a pass that raised (podman unreachable, ...)
+    removal_errors: int = 0  # images podman refused to remove
+    removed_images: int = 0
+    freed_bytes: int = 0
+    images: int = 0  # in storage at the last pass
+    last_run_unix: float = 0.0  # 0 = no pass yet
+    last_success_unix: float = 0.0
+
+    def record(self, report: GcReport, now: float) -> None:
+        self.runs += 1
+        self.removal_errors += report.errors
+        self.removed_images += len(report.removed)
+        self.freed_bytes += report.freed_bytes
+        self.images = report.images
+        self.last_run_unix = self.last_success_unix = now
+
+
 class ImageGc:
     """Feeds `plan_gc` from podman and carries out its plan."""
 
@@ -207,6 +229,7 @@ class ImageGc:
         self.active_refs = active_refs
         self.disk_usage = disk_usage
         self.clock = clock
+        self.stats = GcStats()
 
     async def run_once(self, now: float | None = None) -> GcReport:
         now = self.clock() if now is None else now
@@ -251,8 +274,11 @@ class ImageGc:
         """Collect every interval_s, forever (a task the agent cancels on stop)."""
         while True:
             try:
-                await self.run_once()
+                self.stats.record(await self.run_once(), self.clock())
             except Exception:  # noqa: BLE001 - one failed pass must not end collection
+                self.stats.runs += 1
+                self.stats.failed_runs += 1
+                self.stats.last_run_unix = self.clock()
                 log.exception("image gc pass failed")
             await asyncio.sleep(interval_s)
 

@@ -26,6 +26,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool checks the alert rules (tests/integration/test_alert_rules.py). Debian ships it only in the prometheus
+# package, whose daemon would listen on 0.0.0.0:9090: installed without its recommended node exporter, with
+# a policy-rc.d that keeps the daemon from starting (unless one is there already) and then disabled at boot.
+# Tests only: a miner host set up by the quickstart gets no prometheus.
+if [ "$FLAVOUR" = test ] && ! command -v promtool >/dev/null; then
+  echo "bootstrap: installing prometheus for promtool (its daemon stays stopped and disabled)"
+  own_policy=0
+  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; own_policy=1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+  systemctl disable prometheus.service >/dev/null 2>&1 || true
+fi
+
 # Job containers run in a user namespace (podman userns=auto), whose ids podman takes from the
 # `containers` ranges of /etc/subuid and /etc/subgid: the executor-agent package adds the same line.
 for f in /etc/subuid /etc/subgid; do

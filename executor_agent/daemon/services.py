@@ -16,6 +16,7 @@ import time
 
 from executor_agent.container.podman_engine import Podman
 from executor_agent.daemon.deps import JobDeps
+from executor_agent.daemon.metrics_endpoint import ExecutorMetrics, MetricsEndpoint
 from executor_agent.daemon.registry import JobRegistry
 from executor_agent.executor_config import AgentConfig
 from executor_agent.imagegc import PRELOAD_LIST_FILE, USAGE_FILE, ImageGc, ImageUsage, policy_from, read_preload_list
@@ -40,6 +41,8 @@ class AgentServices:
         self.registry = JobRegistry(self.deps)
         self.image_gc = ImageGc(podman, policy_from(config.image_gc), self.usage,
                                 protected_refs=self.protected_refs, active_refs=self.active_refs)
+        self.metrics = MetricsEndpoint(ExecutorMetrics(config, podman, self.registry, self.image_gc.stats),
+                                       config.metrics.host, config.metrics.port)
         self._tasks: list[asyncio.Task[None]] = []
 
     def protected_refs(self) -> list[str]:
@@ -67,6 +70,8 @@ class AgentServices:
         if self.config.image_gc.enabled:
             self._tasks.append(asyncio.create_task(self.image_gc.loop(self.config.image_gc.interval_s),
                                                    name="image-gc"))
+        if self.config.metrics.enabled:
+            self._tasks.append(asyncio.create_task(self.metrics.run(), name="metrics"))
         log.info("services started job_runner=%s image_gc=%s", self.runner.name,
                  "on" if self.config.image_gc.enabled else "off")
 

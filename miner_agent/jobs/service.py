@@ -427,6 +427,8 @@ class JobService:
                 await self._to_executor(job, action)
             elif isinstance(action, Release):
                 self.metrics.jobs.inc(outcome=action.outcome.value, executor_class=job.executor_class)
+                self.metrics.count_failures([a.message for a in actions if isinstance(a, ToValidator)],
+                                            job.executor_class)
                 self.fleet.release(job.executor_name, uuid)
                 self.jobs.pop(uuid, None)
                 log.info("job ended job=%s validator=%s outcome=%s executor=%s", uuid, job.validator,

@@ -82,10 +82,10 @@ async def receipts_page(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if not _PAGE_NAME.match(name):
         raise web.HTTPNotFound()
+    request.app[CTX].activity.pages_fetched(time.time())  # a 404 too: validators poll pages that may not exist yet
     path = request.app[CTX].receipts.pages_dir / name
     if not path.is_file():
         raise web.HTTPNotFound()
-    request.app[CTX].activity.pages_fetched(time.time())
     small = small_open_range(request, path)
     if small is not None:
         return small

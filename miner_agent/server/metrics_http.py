@@ -8,8 +8,11 @@ from collections import Counter
 from aiohttp import web
 
 from miner_agent.fleet.connection import LinkState
+from miner_agent.fleet.pool import Fleet
 from miner_agent.metrics import Gauge
 from miner_agent.server.context import CTX, MinerContext
+
+VALIDATOR_SEEN_WINDOW_S = 3600.0  # doctor's "connected in the last hour", as a gauge
 
 
 def attach_gauges(ctx: MinerContext) -> None:
@@ -31,6 +34,44 @@ def attach_gauges(ctx: MinerContext) -> None:
         Gauge("miner_agent_jobs_running", "Jobs holding an executor slot", lambda: {(): len(service.jobs)}),
         Gauge("miner_agent_receipts_stored", "Receipts in the database", lambda: {(): receipts.count()}),
         Gauge("miner_agent_validator_connections", "Open validator websockets", lambda: {(): m.ws_open}),
+        *activity_gauges(ctx),
+    ]
+
+
+def executor_link_states(fleet: Fleet) -> dict:
+    """1 per configured executor whose link is up, 0 otherwise: what names the host to look at."""
+    return {(("executor", e.name), ("executor_class", str(e.executor_class.value))):
+            1.0 if fleet.links[e.name].state is LinkState.UP else 0.0 for e in fleet.entries}
+
+
+def activity_gauges(ctx: MinerContext) -> list[Gauge]:
+    """Validator activity (miner_agent/activity.py) and the per-executor link, for the alert rules.
+
+    A time that never happened reads 0 (a timestamp alert then fires as for a very old one), and
+    `miner_agent_start_time_seconds` lets a rule wait out the first hour after a fresh install."""
+    activity, m = ctx.activity, ctx.metrics
+
+    def seen_within(window_s: float) -> dict:
+        since = time.time() - window_s
+        return {(): float(sum(1 for t in activity.last_connected().values() if t >= since))}
+
+    return [
+        Gauge("miner_agent_executor_up", "1 if the link to this executor is up, else 0",
+              lambda: executor_link_states(ctx.fleet)),
+        Gauge("miner_agent_validator_last_seen_timestamp_seconds",
+              "Unix time of the last validator authentication (any validator; 0 = never, kept across restarts)",
+              lambda: {(): max(activity.last_connected().values(), default=0.0)}),
+        Gauge("miner_agent_validators_seen_last_hour", "Validators that authenticated in the last hour",
+              lambda: seen_within(VALIDATOR_SEEN_WINDOW_S)),
+        Gauge("miner_agent_validator_auth_total", "Validator websocket authentications since start",
+              lambda: {(): float(activity.connections)}, kind="counter"),
+        Gauge("miner_agent_receipt_pages_last_fetch_timestamp_seconds",
+              "Unix time of the last receipt page request (0 = never, kept across restarts)",
+              lambda: {(): activity.last_page_fetch() or 0.0}),
+        Gauge("miner_agent_receipt_page_fetches_total", "Receipt page requests since start (404s included)",
+              lambda: {(): float(activity.page_fetches)}, kind="counter"),
+        Gauge("miner_agent_start_time_seconds", "Unix time this miner-agent process started",
+              lambda: {(): m.started_unix}),
     ]
 
 
