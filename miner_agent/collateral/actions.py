@@ -72,7 +72,11 @@ def _backend(config: MinerConfig, signer: Signer) -> ChainBackend:
 def _w3(config: MinerConfig, args: argparse.Namespace) -> Any:
     from miner_agent.collateral.contract import connect
 
-    url = getattr(args, "evm_rpc", None) or config.collateral.evm_rpc_url(config.chain.network)
+    url = getattr(args, "evm_rpc", None)
+    if not url and config.chain.backend == "static" and not config.collateral.evm_rpc:
+        # Offline by default: a static-chain miner never reaches a public EVM it was not pointed at.
+        raise Refused("static chain backend and no [collateral] evm_rpc; set it or pass --evm-rpc URL")
+    url = url or config.collateral.evm_rpc_url(config.chain.network)
     if not url:
         raise Refused(f"no EVM RPC known for [chain] network {config.chain.network!r}; "
                       f"set [collateral] evm_rpc or pass --evm-rpc URL")
@@ -157,9 +161,15 @@ def _import_key(config: MinerConfig, args: argparse.Namespace) -> int:
 
 async def _status(config: MinerConfig, args: argparse.Namespace, signer: Signer, backend: ChainBackend) -> int:
     from miner_agent.collateral.contract import format_tao
+    from miner_agent.commands.admin_cmds import _table
 
-    w3 = _w3(config, args)
-    report = await collateral_report(config, backend, w3=w3, hotkey=signer.hotkey)
+    try:
+        w3 = _w3(config, args)
+    except Refused as exc:
+        report = CollateralReport(checked=False, reason=str(exc), netuid=config.chain.netuid,
+                                  threshold_wei=config.collateral.threshold_wei, hotkey=signer.hotkey)
+    else:
+        report = await collateral_report(config, backend, w3=w3, hotkey=signer.hotkey)
     if getattr(args, "json", False):
         print(json.dumps({**report.model_dump(), "ok": report.ok}, indent=2))
         return 0 if report.ok else 1
@@ -188,11 +198,6 @@ async def _status(config: MinerConfig, args: argparse.Namespace, signer: Signer,
         print()
         print("\n".join(problems))
     return 0 if report.ok else 1
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
 # --- associate --------------------------------------------------------------------------------------

@@ -142,11 +142,12 @@ def _local_key_address(config: MinerConfig) -> str | None:
 
 
 def _evm_side(w3: Any, report: CollateralReport, sides: list[tuple[str, str, str | None]], config: MinerConfig) -> None:
-    from miner_agent.collateral.contract import CollateralContract, format_tao
-    from miner_agent.collateral.discovery import contract_problem, parse_contract_address
+    from miner_agent.collateral.contract import CollateralContract
+    from miner_agent.collateral.discovery import parse_contract_address
 
     settings = config.collateral
     ours = report.associated_h160
+    w3.eth.block_number  # reachability first: an RPC that does not answer makes the whole report unchecked
     if report.key_h160:
         report.evm_balance_wei = int(w3.eth.get_balance(report.key_h160))
     for validator, commitment, trustee in sides:
@@ -156,28 +157,39 @@ def _evm_side(w3: Any, report: CollateralReport, sides: list[tuple[str, str, str
         if row.contract is None:
             row.problem = "the validator publishes no collateral contract in its commitment, so it sees no collateral from anyone"
             continue
-        contract = CollateralContract(w3, row.contract)
-        row.problem = contract_problem(contract, report.netuid, validator, trustee)
-        if row.problem:
-            continue
-        row.contract_ok = True
-        if report.uid is None:
-            row.problem = f"our hotkey {report.hotkey} is not registered on netuid {report.netuid}"
-            continue
-        if report.uid == 0:
-            row.problem = "validators skip uid 0 when they read collateral; nothing can make it count"
-            continue
-        if ours is None:
-            row.problem = "our uid has no associated EVM address; run `miner-agent collateral associate`"
-            continue
-        row.collateral_wei = contract.collateral_of(ours)
-        row.pending_reclaims = contract.pending_reclaims(ours, settings.reclaim_lookback_blocks)
-        row.ok = row.collateral_wei >= settings.threshold_wei
-        if not row.ok:
-            missing = settings.threshold_wei - row.collateral_wei
-            row.problem = (f"collateral {format_tao(row.collateral_wei)} TAO is below the threshold "
-                           f"{format_tao(settings.threshold_wei)} TAO; deposit at least {format_tao(missing)} TAO more")
-            continue
-        after = row.collateral_wei - sum(r.amount_wei for r in row.pending_reclaims)
-        if row.pending_reclaims and after < settings.threshold_wei:
-            row.problem = (f"pending reclaims will leave {format_tao(after)} TAO when finalized, below the threshold")
+        try:
+            _fill_row(row, CollateralContract(w3, row.contract), report, trustee, settings)
+        except Exception as exc:  # this contract misbehaves; the others are still read
+            row.ok, row.problem = False, f"contract {row.contract} not read: {type(exc).__name__}: {exc}"
+
+
+def _fill_row(row: CollateralRow, contract: Any, report: CollateralReport, trustee: str | None, settings: Any) -> None:
+    """One validator's row: contract checks first, then our collateral and pending reclaims in it."""
+    from miner_agent.collateral.contract import format_tao
+    from miner_agent.collateral.discovery import contract_problem
+
+    ours = report.associated_h160
+    row.problem = contract_problem(contract, report.netuid, row.validator, trustee)
+    if row.problem:
+        return
+    row.contract_ok = True
+    if report.uid is None:
+        row.problem = f"our hotkey {report.hotkey} is not registered on netuid {report.netuid}"
+        return
+    if report.uid == 0:
+        row.problem = "validators skip uid 0 when they read collateral; nothing can make it count"
+        return
+    if ours is None:
+        row.problem = "our uid has no associated EVM address; run `miner-agent collateral associate`"
+        return
+    row.collateral_wei = contract.collateral_of(ours)
+    row.pending_reclaims = contract.pending_reclaims(ours, settings.reclaim_lookback_blocks)
+    row.ok = row.collateral_wei >= settings.threshold_wei
+    if not row.ok:
+        missing = settings.threshold_wei - row.collateral_wei
+        row.problem = (f"collateral {format_tao(row.collateral_wei)} TAO is below the threshold "
+                       f"{format_tao(settings.threshold_wei)} TAO; deposit at least {format_tao(missing)} TAO more")
+        return
+    after = row.collateral_wei - sum(r.amount_wei for r in row.pending_reclaims)
+    if row.pending_reclaims and after < settings.threshold_wei:
+        row.problem = f"pending reclaims will leave {format_tao(after)} TAO when finalized, below the threshold"

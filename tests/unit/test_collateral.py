@@ -403,3 +403,20 @@ async def test_static_miner_without_evm_rpc_does_not_check(miner_config, start_m
     assert "miner_agent_collateral_sufficient{" not in agent.ctx.metrics.render()
     _, status = await call(miner_config.admin_socket, "GET", "/status")
     assert status_line(status["collateral"]) == "collateral: not checked (static chain backend and no [collateral] evm_rpc)"
+
+
+def test_evm_endpoint_comes_from_config_or_flag_and_a_dead_one_is_one_sentence(
+        evm: EvmChain, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = make_world(evm, tmp_path, ["good"])
+    text = world.config_path.read_text()
+    world.config_path.write_text(text.replace(f'evm_rpc = "{evm.url}"\n', ""))
+    assert world.cli() == 1  # status is the default; static backend, no evm_rpc: never a public endpoint
+    assert capsys.readouterr().out.strip() == (
+        "collateral: not checked (static chain backend and no [collateral] evm_rpc; set it or pass --evm-rpc URL)")
+    assert world.cli("status", "--json", "--evm-rpc", evm.url) == 1
+    assert json.loads(capsys.readouterr().out)["rows"][0]["collateral_wei"] == 0
+    calls = len(evm.requests)
+    assert world.cli("status", "--evm-rpc", "http://127.0.0.1:9") == 1  # discard port: nothing listens
+    out = capsys.readouterr().out
+    assert out.startswith("collateral: not checked (EVM RPC not read: ") and "Traceback" not in out
+    assert len(evm.requests) == calls
