@@ -420,3 +420,26 @@ def test_evm_endpoint_comes_from_config_or_flag_and_a_dead_one_is_one_sentence(
     out = capsys.readouterr().out
     assert out.startswith("collateral: not checked (EVM RPC not read: ") and "Traceback" not in out
     assert len(evm.requests) == calls
+
+
+def test_keygen_and_import_key_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wallets = tmp_path / "wallets"
+    create_wallet(wallets, "miner", "default")
+    config = tmp_path / "miner-agent.toml"
+    config.write_text(f'[wallet]\npath = "{wallets}"\nname = "miner"\nhotkey = "default"\n')
+    assert main(["collateral", "keygen", "--config", str(config)]) == 0
+    made = json.loads((wallets / "miner" / "h160" / "default").read_text())["address"]
+    assert f"EVM key created: {made}" in capsys.readouterr().out
+    assert main(["collateral", "keygen", "--config", str(config)]) == 1
+    assert "already exists; it may own collateral" in capsys.readouterr().err
+
+    other = tmp_path / "other"
+    create_wallet(other, "miner", "default")
+    config.write_text(config.read_text().replace(str(wallets), str(other)))
+    account = Account.create()
+    secret = tmp_path / "key.hex"
+    secret.write_text(bytes(account.key).hex() + "\n")  # without 0x, as some tools write it
+    assert main(["collateral", "import-key", "--private-key-file", str(secret), "--config", str(config)]) == 0
+    stored = other / "miner" / "h160" / "default"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert json.loads(stored.read_text())["address"] == account.address
