@@ -229,10 +229,10 @@ def check_toolkit(config: AgentConfig, gpu_class: bool) -> Result:
 
 def check_cdi(config: AgentConfig, gpu_class: bool) -> Result:
     """For a GPU class a missing CDI spec fails every job (podman cannot give the container the GPU)."""
+    if not gpu_class:
+        return "not checked", "CPU class: no GPU or CDI spec needed"
     status, detail = check_gpu(config)
-    if gpu_class and status != "ok":
-        return "FAIL", f"GPU class: {detail}"
-    return status, detail
+    return (status, detail) if status == "ok" else ("FAIL", f"GPU class: {detail}")
 
 
 def probe_candidates(config: AgentConfig) -> list[str]:
@@ -280,6 +280,7 @@ def run_doctor(config: AgentConfig, out: Callable[[str], None] = print, executor
     rows.append(("CVE-2022-0492", *check_cve_2022_0492(config)))
     for name, status, detail in rows:
         failed += status == "FAIL"
-        out(f"{status:4}  {name:17} {detail}")
+        shown = "n/a" if status == "not checked" else status  # four columns wide, like ok/warn/FAIL
+        out(f"{shown:4}  {name:17} {detail}")
     out(f"doctor: {'all checks passed' if not failed else f'{failed} check(s) failed'}")
     return 1 if failed else 0

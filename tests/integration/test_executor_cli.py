@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 pytestmark = pytest.mark.podman
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "executor_agent", *args,
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "executor_agent", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
@@ -30,8 +31,11 @@ async def test_doctor_on_a_ready_host(tmp_path, podman_socket, busybox_image) ->
     cfg = _config(tmp_path, podman_socket, f'[preload]\nimages = ["{busybox_image}"]\ndynamic_config_url = ""\n')
     code, out, err = await _cli("doctor", "--config", str(cfg))
     lines = {line[6:23].strip(): line[:4].strip() for line in out.splitlines()[:-1]}
-    assert lines == {"podman API": "ok", "directories": "ok", "disk": lines["disk"], "GPU / CDI": "warn",
-                     "user namespaces": "ok", "preloaded images": "ok", "job runner": "ok"}, out
+    # no GPU here and no --class: the GPU checks do not apply; the CVE probe runs in the preloaded image
+    assert lines == {"podman API": "ok", "directories": "ok", "disk": lines["disk"], "GPU / CDI": "n/a",
+                     "container toolkit": "n/a", "user namespaces": "ok", "preloaded images": "ok",
+                     "job runner": "ok", "CVE-2022-0492": "ok"}, out
+    assert "Contained: cannot escape via CVE-2022-0492" in out
     assert "all 1 preload images are present" in out
     if lines["disk"] == "FAIL":  # a nearly full test machine: the one honest failure
         assert code == 1 and "jobs need at least" in out
@@ -45,6 +49,18 @@ async def test_doctor_reports_a_dead_podman_and_a_missing_image(tmp_path, podman
     assert code == 1
     assert out.splitlines()[0].startswith("FAIL  podman API") and "systemctl enable --now podman.socket" in out
     assert "doctor: 2 check(s) failed" in out  # podman, and the image list it cannot read
+    assert "n/a   CVE-2022-0492" in out  # no image to run the probe in: not checked, not failed
+
+
+async def test_doctor_for_a_gpu_class_needs_the_toolkit_and_the_cdi_spec(tmp_path, podman_socket) -> None:
+    """A PATH without the NVIDIA tools (whatever this machine has): what a GPU executor without them sees."""
+    bare = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    code, out, _ = await _cli("doctor", "--class", "spin_up-4min.gpu-24gb",
+                              "--config", str(_config(tmp_path, podman_socket)), env=bare)
+    assert code == 1
+    lines = {line[6:23].strip(): line for line in out.splitlines()[:-1]}
+    assert lines["container toolkit"].startswith("FAIL") and ">= 1.17.4" in lines["container toolkit"]
+    assert lines["GPU / CDI"].startswith("FAIL")
 
 
 async def test_specs_prints_the_validator_payload(tmp_path, podman_socket) -> None:
