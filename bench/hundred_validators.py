@@ -229,7 +229,9 @@ async def run(args: argparse.Namespace, tmp: Path, podman_url: str) -> None:
             return agent_sock.exists()
 
         await wait_for(agent_up, "executor-agent serve", procs[0], agent_log)
-        procs.append(spawn([sys.executable, "-m", "miner_agent", "run", "--config", str(miner_toml)], miner_log))
+        profile = ["-m", "cProfile", "-o", str(args.profile_miner)] if args.profile_miner else []
+        procs.append(spawn([sys.executable, *profile, "-m", "miner_agent", "run", "--config", str(miner_toml)],
+                           miner_log))
         await wait_for(lambda: port_open(port), "miner-agent run", procs[1], miner_log)
         await asyncio.sleep(1.0)  # the miner's link to the agent comes up just after its port
         agent_pid, miner_pid = procs[0].pid, procs[1].pid
@@ -252,33 +254,13 @@ async def run(args: argparse.Namespace, tmp: Path, podman_url: str) -> None:
               f"p99 {q99 * 1000:.1f} ms ({q99 / rtt:.0f}x); miner CPU {cpu * 1000:.2f} ms per offer "
               f"(goal p99 < 50 ms)")
 
-        cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
-        alone, bad_alone = await range_case(base, args.range_clients, RANGE_SECONDS, None, args.sockets)
-        cpu_alone = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
-        cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
-        busy, bad_busy = await range_case(base, args.range_clients, RANGE_SECONDS, socks, args.sockets)
-        cpu_busy = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
-        print(f"range: {args.range_clients} clients, Range: bytes=<checkpoint>- on the newest receipt page: alone "
-              f"{alone:.0f} req/s (miner CPU {cpu_alone:.0f}%), during offer bursts {busy:.0f} req/s "
-              f"({busy / alone:.2f}x, miner CPU {cpu_busy:.0f}%); transfer errors {bad_alone + bad_busy} "
-              f"(goal > 2000 req/s during bursts)")
-
-        rss_before = proc_status(miner_pid)[0]
-        per = max(1, args.sockets // len(validators))
-        extra = [await connect(base, validators[k % len(validators)], len(validators) + k)
-                 for k in range(args.sockets - len(socks))]
-        held = len(socks) + len(extra)
-        rss_held = proc_status(miner_pid)[0]
-        for _, s in socks:
-            await s.close()
-        for s in extra:
-            await s.close()
-        await asyncio.sleep(SETTLE_S)
-        rss_after = proc_status(miner_pid)[0]
-        print(f"sockets: {held} authenticated sockets ({per} per validator): miner VmRSS before "
-              f"{rss_before / 1024:.1f} MiB, with them {rss_held / 1024:.1f} MiB "
-              f"({(rss_held - rss_before) / held:.1f} KiB each), after closing {rss_after / 1024:.1f} MiB "
-              f"(goal < 150 MiB held, given back after)")
+        if "range" in args.cases:
+            await range_figures(args, base, miner_pid, socks)
+        if "sockets" in args.cases:
+            await sockets_figures(args, base, miner_pid, validators, socks)
+        else:
+            for _, s in socks:
+                await s.close()
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -286,6 +268,40 @@ async def run(args: argparse.Namespace, tmp: Path, podman_url: str) -> None:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def range_figures(args: argparse.Namespace, base: str, miner_pid: int,
+                        socks: list[tuple[Validator, Socket]]) -> None:
+    cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
+    alone, bad_alone = await range_case(base, args.range_clients, RANGE_SECONDS, None, args.sockets)
+    cpu_alone = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
+    cpu0, t0 = cpu_seconds(miner_pid), time.monotonic()
+    busy, bad_busy = await range_case(base, args.range_clients, RANGE_SECONDS, socks, args.sockets)
+    cpu_busy = 100 * (cpu_seconds(miner_pid) - cpu0) / (time.monotonic() - t0)
+    print(f"range: {args.range_clients} clients, Range: bytes=<checkpoint>- on the newest receipt page: alone "
+          f"{alone:.0f} req/s (miner CPU {cpu_alone:.0f}%), during offer bursts {busy:.0f} req/s "
+          f"({busy / alone:.2f}x, miner CPU {cpu_busy:.0f}%); transfer errors {bad_alone + bad_busy} "
+          f"(goal > 2000 req/s during bursts)")
+
+
+async def sockets_figures(args: argparse.Namespace, base: str, miner_pid: int, validators: list[Validator],
+                          socks: list[tuple[Validator, Socket]]) -> None:
+    rss_before = proc_status(miner_pid)[0]
+    per = max(1, args.sockets // len(validators))
+    extra = [await connect(base, validators[k % len(validators)], len(validators) + k)
+             for k in range(args.sockets - len(socks))]
+    held = len(socks) + len(extra)
+    rss_held = proc_status(miner_pid)[0]
+    for _, s in socks:
+        await s.close()
+    for s in extra:
+        await s.close()
+    await asyncio.sleep(SETTLE_S)
+    rss_after = proc_status(miner_pid)[0]
+    print(f"sockets: {held} authenticated sockets ({per} per validator): miner VmRSS before "
+          f"{rss_before / 1024:.1f} MiB, with them {rss_held / 1024:.1f} MiB "
+          f"({(rss_held - rss_before) / held:.1f} KiB each), after closing {rss_after / 1024:.1f} MiB "
+          f"(goal < 150 MiB held, given back after)")
 
 
 def main() -> None:
@@ -296,7 +312,13 @@ def main() -> None:
     parser.add_argument("--range-clients", type=int, default=32, help="concurrent receipt-page fetchers")
     parser.add_argument("--no-deflate", action="store_true",
                         help="no permessage-deflate (the stock validator client negotiates it)")
+    parser.add_argument("--cases", default="offers,range,sockets",
+                        help="comma-separated: which of offers, range, sockets to run after idle (offers always "
+                             "connects the validators; a quick profile: --cases offers)")
+    parser.add_argument("--profile-miner", type=Path, default=None, metavar="FILE",
+                        help="run the miner under cProfile (its loop thread) and write the stats to FILE on exit")
     args = parser.parse_args()
+    args.cases = set(args.cases.split(","))
     global DEFLATE
     DEFLATE = not args.no_deflate
     build_image()

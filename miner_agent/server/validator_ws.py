@@ -36,6 +36,8 @@ from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
 from miner_agent.server.conn_guard import AUTH_TIMEOUT_S, PRE_AUTH_MAX_FRAME_BYTES, PRE_AUTH_QUEUE_BYTES
 from miner_agent.server.context import CTX, MinerContext
+from miner_agent.server.mem_trim import HeapTrimmer
+from miner_agent.server.ws_deflate import StatelessDeflateResponse
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Session:
 async def validator_interface(request: web.Request) -> web.WebSocketResponse:
     ctx: MinerContext = request.app[CTX]
     hotkey = request.match_info["hotkey"]
-    ws = web.WebSocketResponse(max_msg_size=ctx.config.miner.max_frame_bytes, receive_timeout=None)
+    ws = StatelessDeflateResponse(max_msg_size=ctx.config.miner.max_frame_bytes, receive_timeout=None)
     await ws.prepare(request)
     peer = request.remote
     if not ctx.is_known_validator(hotkey):
@@ -88,6 +90,7 @@ async def validator_interface(request: web.Request) -> web.WebSocketResponse:
         ctx.metrics.ws_open -= 1
         if handler.session is not None:
             ctx.service.on_session_closed(handler.session)
+        _HEAP.closed()
     return ws
 
 
@@ -103,6 +106,7 @@ async def _refuse(ws: web.WebSocketResponse, details: str) -> None:
 
 
 _REFUSALS = LineBudget()  # refusals of unknown hotkeys, across all connections
+_HEAP = HeapTrimmer()  # what closed sockets freed goes back to the system, once per burst of closes
 
 
 class _Handler:

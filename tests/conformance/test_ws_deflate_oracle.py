@@ -1,0 +1,115 @@
+"""The validators' websocket library (python `websockets`, as compute-horde 0.0.27 pins it, in
+.venv-oracle) reads what the miner's permessage-deflate without server context takeover writes
+(miner_agent/server/ws_deflate.py): it accepts the negotiated extension, and every message, small,
+a busy decline's size, and one large enough to be compressed off the loop, arrives whole and in
+order, also when sent back to back on one socket. aiohttp's client is checked the same way (the
+benches and the self-test use it)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import string
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from miner_agent.server.ws_deflate import OFF_LOOP_MIN_BYTES, StatelessDeflateResponse
+from tests.conformance.test_oracle import ORACLE_PYTHON
+
+# Sizes sent in this order on one socket: tiny, manifest-like, a busy decline with ~60 excuses, then
+# one past the off-loop threshold between two small ones (the small must not overtake it).
+SIZES = [2, 1_500, 40_000, 10, OFF_LOOP_MIN_BYTES + 5_000, 7]
+CLIENT_TIMEOUT_S = 60
+
+# Runs in .venv-oracle: the stock library's defaults (compression="deflate"), as compute-horde connects.
+_STOCK_CLIENT = """
+import asyncio, hashlib, json, sys
+import websockets
+
+async def main():
+    async with websockets.connect(sys.argv[1], max_size=50 * 2**20) as ws:
+        print(json.dumps({"extensions": ws.response.headers.get("Sec-WebSocket-Extensions")}), flush=True)
+        await ws.send("go")
+        for _ in range(int(sys.argv[2])):
+            text = await ws.recv()
+            print(json.dumps({"len": len(text), "sha": hashlib.sha256(text.encode()).hexdigest()}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _messages() -> list[str]:
+    rnd = random.Random(14)
+    # JSON-like text with hex runs, which compresses about as a decline does.
+    alphabet = string.ascii_letters + string.digits + '{}":,' + "0123456789abcdef" * 4
+    return ["".join(rnd.choices(alphabet, k=n)) for n in SIZES]
+
+
+async def _server(messages: list[str]) -> tuple[web.AppRunner, int]:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = StatelessDeflateResponse()
+        await ws.prepare(request)
+        await ws.receive()
+        # All sent without waiting for each other, so their order is the writer's to keep.
+        await asyncio.gather(*(ws.send_str(m) for m in messages))
+        await ws.receive()  # until the client closes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
+
+
+async def test_the_stock_websockets_client_reads_every_message() -> None:
+    if not ORACLE_PYTHON.exists():
+        pytest.fail(f"{ORACLE_PYTHON} is missing: run scripts/oracle-venv.sh", pytrace=False)
+    messages = _messages()
+    runner, port = await _server(messages)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(ORACLE_PYTHON), "-c", _STOCK_CLIENT, f"ws://127.0.0.1:{port}/ws", str(len(messages)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT_S)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        await runner.cleanup()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert lines[0]["extensions"] == "permessage-deflate; server_no_context_takeover"
+    assert lines[1:] == [{"len": len(m), "sha": hashlib.sha256(m.encode()).hexdigest()} for m in messages]
+
+
+async def test_aiohttps_client_reads_every_message_compressed() -> None:
+    messages = _messages()
+    runner, port = await _server(messages)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{port}/ws", compress=15, max_msg_size=2**24) as ws:
+                assert ws.compress == 15
+                await ws.send_str("go")
+                got = [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
+    finally:
+        await runner.cleanup()
+    assert got == messages
+
+
+async def test_a_client_without_deflate_gets_plain_frames() -> None:
+    messages = _messages()
+    runner, port = await _server(messages)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"ws://127.0.0.1:{port}/ws", compress=0, max_msg_size=2**24) as ws:
+                assert ws.compress == 0
+                await ws.send_str("go")
+                got = [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
+    finally:
+        await runner.cleanup()
+    assert got == messages
