@@ -183,8 +183,15 @@ def _fill_row(row: CollateralRow, contract: Any, report: CollateralReport, trust
         row.problem = "our uid has no associated EVM address; run `miner-agent collateral associate`"
         return
     row.collateral_wei = contract.collateral_of(ours)
-    row.pending_reclaims = contract.pending_reclaims(ours, settings.reclaim_lookback_blocks)
     row.ok = row.collateral_wei >= settings.threshold_wei
+    try:
+        row.pending_reclaims = contract.pending_reclaims(ours, settings.reclaim_lookback_blocks)
+    except Exception as exc:  # e.g. a node that caps eth_getLogs ranges: the collateral itself is still known
+        log.debug("pending reclaims not read contract=%s error=%r", contract.address, exc)
+        if row.ok:
+            row.problem = (f"pending reclaims not read ({type(exc).__name__}); lower [collateral] "
+                           f"reclaim_lookback_blocks if the EVM RPC limits log queries")
+            return
     if not row.ok:
         missing = settings.threshold_wei - row.collateral_wei
         row.problem = (f"collateral {format_tao(row.collateral_wei)} TAO is below the threshold "
