@@ -177,7 +177,7 @@ def _metric_names(query: str) -> set[str]:
 
 
 @pytest.mark.podman
-async def test_every_dashboard_query_names_a_metric_the_agents_export(linked_config, start_miner, executor_agent) -> None:
+async def test_every_dashboard_query_names_a_metric_the_agents_export(executor_agent, linked_config, start_miner) -> None:
     """Each metric a panel (or a variable) queries is exported by a default-configured miner or
     executor agent, read from their /metrics `# TYPE` lines. One exception, because collateral
     metrics appear only while the collateral duty runs (a chain and [collateral] configured): a
