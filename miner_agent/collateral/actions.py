@@ -188,7 +188,7 @@ async def _status(config: MinerConfig, args: argparse.Namespace, signer: Signer,
     rows = [[row.validator, row.contract or "-",
              "-" if row.collateral_wei is None else format_tao(row.collateral_wei),
              " ".join(f"#{r.reclaim_id}:{format_tao(r.amount_wei)}" for r in row.pending_reclaims) or "-",
-             "ok" if row.ok else "FILTERED"] for row in report.rows]
+             _state(row)] for row in report.rows]
     if rows:
         print(_table(rows, ["VALIDATOR", "CONTRACT", "COLLATERAL TAO", "PENDING RECLAIMS", "STATE"]))
     else:
@@ -198,6 +198,16 @@ async def _status(config: MinerConfig, args: argparse.Namespace, signer: Signer,
         print()
         print("\n".join(problems))
     return 0 if report.ok else 1
+
+
+def _state(row: CollateralRow) -> str:
+    if row.ok:
+        return "ok"
+    if row.contract is None:
+        return "FILTERED (no contract)"
+    if not row.contract_ok:
+        return "FILTERED (contract refused)"
+    return "FILTERED"
 
 
 # --- associate --------------------------------------------------------------------------------------
@@ -256,7 +266,12 @@ async def _fund(config: MinerConfig, args: argparse.Namespace, signer: Signer, b
     missing = max(0, needed + gas - balance)
     print(f"balance {format_tao(balance)} TAO; {deposits} deposit(s) needed: {format_tao(needed)} TAO "
           f"+ gas up to {format_tao(gas)} TAO")
-    print(f"missing: {format_tao(missing)} TAO" if missing else "nothing missing: run `miner-agent collateral deposit`")
+    if missing:
+        print(f"missing: {format_tao(missing)} TAO")
+    elif deposits:
+        print("nothing missing: run `miner-agent collateral deposit`")
+    else:
+        print("nothing missing: every verified contract already holds the threshold")
     return 0
 
 
@@ -360,7 +375,7 @@ async def _finalize(config: MinerConfig, args: argparse.Namespace, signer: Signe
             if pending.deny_timeout < now or args.reclaim_id is not None:
                 chosen.append((row, pending.reclaim_id))
             else:
-                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pending.deny_timeout + 1))
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pending.deny_timeout + 1))
                 waiting.append(f"reclaim #{pending.reclaim_id} at validator {row.validator}: finalizable after {when}")
     if args.reclaim_id is not None and not chosen:
         if not args.validator:

@@ -70,9 +70,9 @@ class TxPlan:
         return self.gas * self.gas_price_wei
 
     def summary(self) -> str:
-        return (f"{self.description}\n  contract {self.contract}  value {format_tao(self.value_wei)} TAO "
-                f"({self.value_wei} wei)  gas limit {self.gas} at {self.gas_price_wei / 1e9:g} gwei "
-                f"= at most {format_tao(self.max_fee_wei)} TAO")
+        value = f"  value {format_tao(self.value_wei)} TAO ({self.value_wei} wei)" if self.value_wei else ""
+        return (f"{self.description}\n  contract {self.contract}{value}  gas limit {self.gas} at "
+                f"{self.gas_price_wei / 1e9:g} gwei = at most {format_tao(self.max_fee_wei)} TAO")
 
 
 class CollateralContract:
