@@ -55,9 +55,11 @@ def classes_row(configured: Collection[str], value: Any) -> CheckRow:
     idle = sorted(c for c in set(configured) if weights.get(c, 0.0) <= 0)
     named = ", ".join(f"{c}={weights[c]:g}" for c in earning) or "none"
     if idle:
-        return warn(name, f"{', '.join(idle)} earn nothing: absent or weighted 0 in {source}; weighted: {named}",
-                    f"advertise a weighted class: miner-agent config set on the executor's executor_class "
-                    f"(e.g. {earning[0] if earning else PRODUCTION_WEIGHTS.split('=')[0]}) if the host fits it")
+        verb = "earns" if len(idle) == 1 else "earn"
+        suggestion = earning[0] if earning else PRODUCTION_WEIGHTS.split("=")[0]
+        return warn(name, f"{', '.join(idle)} {verb} nothing: absent or weighted 0 in {source}; weighted: {named}",
+                    f"if the host fits a weighted class, set executor_class = \"{suggestion}\" in its [[executors]] "
+                    "entry and restart miner-agent")
     detail = f"all configured classes are weighted ({', '.join(f'{c}={weights[c]:g}' for c in sorted(set(configured)))})"
     if problems:
         detail += f"; ignored in the value: {'; '.join(problems)}"

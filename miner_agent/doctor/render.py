@@ -16,7 +16,8 @@ def render_table(report: DoctorReport) -> str:
     text_w = max(40, TABLE_WIDTH - check_w - result_w - 4)
     lines = [f"{'CHECK'.ljust(check_w)}  {'RESULT'.ljust(result_w)}  WHAT TO DO"]
     for row in report.rows:
-        said = row.detail + (f". Fix: {row.fix}" if row.fix else "")
+        stop = "" if row.detail.endswith((".", "?", "!")) else "."
+        said = row.detail + (f"{stop} Fix: {row.fix}" if row.fix else "")
         wrapped = textwrap.wrap(said, text_w) or [""]
         lines.append(f"{row.check[:check_w].ljust(check_w)}  {row.result.ljust(result_w)}  {wrapped[0]}")
         lines += [f"{'':{check_w}}  {'':{result_w}}  {more}" for more in wrapped[1:]]

@@ -127,7 +127,7 @@ async def test_class_weighted_zero_warns_and_names_the_weighted_ones(setup: Setu
     setup.stage_weights(f"{CLASS}=0,spin_up-4min.gpu-24gb=100")
     code, rows, _ = await setup.doctor()
     row = rows["executor classes weighted"]
-    assert row["result"] == "warn" and f"{CLASS} earn nothing" in row["detail"], row
+    assert row["result"] == "warn" and f"{CLASS} earns nothing" in row["detail"], row
     assert "weighted: spin_up-4min.gpu-24gb=100" in row["detail"]
     assert code == 0  # a warning, not a failure: the miner works, it just is not paid for it
 

@@ -85,7 +85,7 @@ def test_class_weights_parse_like_the_validator() -> None:
 
 def test_class_weighted_zero_or_absent_earns_nothing() -> None:
     zero = classes_row({"always_on.cpu.8c.16gb"}, "always_on.cpu.8c.16gb=0,spin_up-4min.gpu-24gb=100")
-    assert zero.result == "warn" and "always_on.cpu.8c.16gb earn nothing" in zero.detail
+    assert zero.result == "warn" and "always_on.cpu.8c.16gb earns nothing" in zero.detail
     assert "weighted: spin_up-4min.gpu-24gb=100" in zero.detail
     # no value in the dynamic config: production's is assumed, which gives the old default nothing
     old_default = classes_row({"spin_up-4min.gpu-24gb"}, None)
