@@ -47,20 +47,26 @@ def executor_link_states(fleet: Fleet) -> dict:
 def activity_gauges(ctx: MinerContext) -> list[Gauge]:
     """Validator activity (miner_agent/activity.py) and the per-executor link, for the alert rules.
 
-    A time that never happened reads 0 (a timestamp alert then fires as for a very old one), and
+    Only hotkeys that are validators now count (permit or allowlist): a `miner-agent self-test`
+    connection must not make a miner that no validator reaches look seen. A time that never
+    happened reads 0 (a timestamp alert then fires as for a very old one), and
     `miner_agent_start_time_seconds` lets a rule wait out the first hour after a fresh install."""
     activity, m = ctx.activity, ctx.metrics
 
+    def validator_times() -> list[float]:
+        validators = ctx.validators
+        return [t for hotkey, t in activity.last_connected().items() if hotkey in validators]
+
     def seen_within(window_s: float) -> dict:
         since = time.time() - window_s
-        return {(): float(sum(1 for t in activity.last_connected().values() if t >= since))}
+        return {(): float(sum(1 for t in validator_times() if t >= since))}
 
     return [
         Gauge("miner_agent_executor_up", "1 if the link to this executor is up, else 0",
               lambda: executor_link_states(ctx.fleet)),
         Gauge("miner_agent_validator_last_seen_timestamp_seconds",
-              "Unix time of the last validator authentication (any validator; 0 = never, kept across restarts)",
-              lambda: {(): max(activity.last_connected().values(), default=0.0)}),
+              "Unix time of the last authentication by a validator (self-test keys aside; 0 = never, kept across restarts)",
+              lambda: {(): max(validator_times(), default=0.0)}),
         Gauge("miner_agent_validators_seen_last_hour", "Validators that authenticated in the last hour",
               lambda: seen_within(VALIDATOR_SEEN_WINDOW_S)),
         Gauge("miner_agent_validator_auth_total", "Validator websocket authentications since start",

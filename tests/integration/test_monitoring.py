@@ -101,6 +101,21 @@ async def test_validator_and_receipt_activity_is_exported_and_survives_a_restart
     assert value(samples, "miner_agent_validator_auth_total") == 0
 
 
+async def test_a_self_test_connection_does_not_make_the_miner_look_seen(miner_config, start_miner) -> None:
+    """`miner-agent self-test` connects with a one-time key; no validator has connected yet."""
+    from bittensor_wallet import Keypair
+
+    agent = await start_miner(miner_config)
+    selftest = Keypair.create_from_mnemonic(Keypair.generate_mnemonic())
+    agent.ctx.selftest_keys[selftest.ss58_address] = time.monotonic() + 60  # as the admin socket hands one out
+    async with await sim_for(agent, selftest).connect() as session:
+        assert (await session.recv(5)).type == "V0ExecutorManifestRequest"
+    samples, _ = await scrape(agent.metrics_port)
+    assert value(samples, "miner_agent_validator_auth_total") == 1
+    assert value(samples, "miner_agent_validator_last_seen_timestamp_seconds") == 0
+    assert value(samples, "miner_agent_validators_seen_last_hour") == 0
+
+
 @pytest.fixture
 def agent_config(agent_config):
     """The executor's metrics on any free loopback port (the default 9109 may be taken here)."""
