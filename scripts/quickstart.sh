@@ -110,6 +110,7 @@ echo "quickstart: sending a demo job as validator $VALIDATOR"
 if .venv/bin/miner-agent demo-job --config "$QS/miner-agent.toml" --validator-wallet-path "$QS/wallets" \
      --validator-wallet validator --image "$IMAGE"; then
   echo "quickstart: the miner is running on port 8000. Logs: $QS/logs/. Stop: sudo bash scripts/quickstart.sh stop"
+  echo "quickstart: what validators would see of it: .venv/bin/miner-agent doctor --config $QS/miner-agent.toml"
 else
   echo "quickstart: the demo job failed; see $QS/logs/miner-agent.log and executor-agent.log" >&2
   exit 1

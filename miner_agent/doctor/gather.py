@@ -73,7 +73,13 @@ async def port_listening(host: str, port: int) -> bool:
 
 
 async def public_address(config: MinerConfig) -> tuple[str | None, str]:
-    urls = list(config.chain.ip_discovery_urls)
+    """This host's public IPv4 from the discovery services. The static backend is the offline
+    install, which sends nothing beyond its listener: there doctor asks only services the
+    config names itself."""
+    settings = config.chain
+    urls = list(settings.ip_discovery_urls)
+    if settings.backend == "static" and "ip_discovery_urls" not in settings.model_fields_set:
+        return None, "static chain backend: no lookup unless [chain] ip_discovery_urls is set in the config"
     if not urls:
         return None, "[chain] ip_discovery_urls is empty"
     try:
@@ -130,14 +136,13 @@ async def gather_report(config: MinerConfig) -> DoctorReport:
     try:
         rows += await _chain_rows(config, chain, signer.hotkey, live)
         rows += await collateral_rows(config, chain)
+        configured = {str(e.executor_class.value) for e in config.executors}
+        rows.append(classes_row(configured, await dynamic_weights(config, live)))
+        rows.append(receipts_row(live.last_page_fetch if live else None, time.time(), miner_running=live is not None))
+        chain_now, why = await _read(chain.block_timestamp())
+        rows.append(clock_row(time.time(), chain_now, why))
     finally:
         await chain.close()
-    configured = {str(e.executor_class.value) for e in config.executors}
-    rows.append(classes_row(configured, await dynamic_weights(config, live)))
-    now = time.time()
-    rows.append(receipts_row(live.last_page_fetch if live else None, now, miner_running=live is not None))
-    chain_now, why = await _read(chain.block_timestamp())
-    rows.append(clock_row(time.time(), chain_now, why))
     if live is None:
         rows.append(not_checked("executors", "link states unknown: miner-agent is not running"))
     for facts in live.executors if live else []:

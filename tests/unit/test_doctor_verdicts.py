@@ -136,3 +136,12 @@ def test_exit_code_and_table() -> None:
     assert report.exit_code() == 1
     table = render_table(report)
     assert "broken. Fix: mend it" in table and table.splitlines()[-1] == "doctor: 1 failed, 1 warning(s), 3 checks"
+
+
+async def test_static_backend_asks_no_discovery_service_unless_configured() -> None:
+    """The offline install sends nothing beyond its listener; doctor keeps to that."""
+    from miner_agent.doctor.gather import public_address
+    from miner_agent.miner_config import MinerConfig
+
+    ip, why = await public_address(MinerConfig())
+    assert ip is None and "ip_discovery_urls" in why
