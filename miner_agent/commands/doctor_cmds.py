@@ -35,7 +35,7 @@ the checks, their thresholds and sample output: docs/doctor.md
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("doctor", help="check what validators check before they send jobs; exit 1 if anything fails",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help=f"TOML config (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--json", action="store_true", help="print the rows as JSON ({rows: [{check, result, detail, fix}]})")
 
 
