@@ -180,7 +180,7 @@ def _dashboard_queries() -> list[str]:
 _NOT_METRICS = {
     "sum", "min", "max", "by", "rate", "increase", "histogram_quantile", "time", "label_values", "on", "and", "or",
     "unless", "group_left", "le", "instance", "job", "outcome", "kind", "reason", "executor", "executor_class",
-    "stage", "validator", "count", "clamp_min", "__rate_interval", "__range", "interval",
+    "stage", "validator", "count", "vector", "__rate_interval", "__range", "interval",
 }
 
 
