@@ -48,14 +48,17 @@ ensure_tools() {
   fi
 }
 
-# The Debian release a package was built for: its version's debNN tag, else the python3
-# range it depends on (the venv inside is bound to that interpreter).
+# The release a package was built for, named as the host's VERSION_CODENAME (the README's
+# URIs): its version's release tag, else the python3 range it depends on (the venv inside is
+# bound to that interpreter).
 release_of() {
   local version depends
   version=$(dpkg-deb -f "$1" Version)
-  case $version in
+  case $version in  # the tags scripts/build-debs.sh puts in the version
     *deb12*) echo bookworm; return ;;
     *deb13*) echo trixie; return ;;
+    *ubuntu22.04*) echo jammy; return ;;
+    *ubuntu24.04*) echo noble; return ;;
   esac
   depends=$(dpkg-deb -f "$1" Depends)
   case $depends in
