@@ -1,8 +1,8 @@
 """The validators' websocket library (python `websockets`, as compute-horde 0.0.27 pins it, in
 .venv-oracle) reads what the miner's permessage-deflate without server context takeover writes
 (miner_agent/server/ws_deflate.py): it accepts the negotiated extension, and every message, small,
-a busy decline's size, and one large enough to be compressed off the loop, arrives whole and in
-order, also when sent back to back on one socket. aiohttp's client is checked the same way (the
+a busy decline's size, one large enough to be compressed off the loop, and the same text twice,
+arrives whole and in order, also when sent back to back on one socket. aiohttp's client is checked the same way (the
 benches and the self-test use it)."""
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def _messages() -> list[str]:
     rnd = random.Random(14)
     # JSON-like text with hex runs, which compresses about as a decline does.
     alphabet = string.ascii_letters + string.digits + '{}":,' + "0123456789abcdef" * 4
-    return ["".join(rnd.choices(alphabet, k=n)) for n in SIZES]
+    texts = ["".join(rnd.choices(alphabet, k=n)) for n in SIZES]
+    # The same text again: with the compressor's context kept it would be a back-reference into the
+    # previous message, which the client (a fresh decoder per message) could not resolve.
+    return [*texts, texts[2], texts[2]]
 
 
 async def _server(messages: list[str]) -> tuple[web.AppRunner, int]:
