@@ -235,8 +235,8 @@ done
 ensure_tools
 case $CMD in
   publish) setup_key "$KEY"; mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd); publish "${args[@]}" ;;
-  promote) setup_key "$KEY"; DIR=$(cd "$DIR" && pwd); promote ;;
-  list) DIR=$(cd "$DIR" && pwd); list ;;
+  promote) [ -d "$DIR" ] || die "no repository at $DIR (publish first, or pass --repo)"; setup_key "$KEY"; promote ;;
+  list) [ -d "$DIR" ] || die "no repository at $DIR (publish first, or pass --repo)"; list ;;
   keygen) keygen "${args[@]}" ;;
   *) log "unknown command $CMD"; usage 2 ;;
 esac
