@@ -187,7 +187,8 @@ build_one() {  # $1 = package name (also its command, unit and config name)
       install -m 0644 "$PKGDIR/systemd/executor-agent.service" "$PKGDIR/systemd/executor-agent-preload.service" \
                       "$PKGDIR/systemd/executor-agent-preload.timer" "$stage/lib/systemd/system/"
       install -D -m 0644 "$PKGDIR/systemd/podman.socket.d/50-executor-agent.conf" \
-                         "$stage/lib/systemd/system/podman.socket.d/50-executor-agent.conf" ;;
+                         "$stage/lib/systemd/system/podman.socket.d/50-executor-agent.conf"
+      install -D -m 0644 "$PKGDIR/deb/executor-agent/tmpfiles.conf" "$stage/usr/lib/tmpfiles.d/executor-agent.conf" ;;
   esac
   local size
   size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)

@@ -1,10 +1,10 @@
-"""The packages on a real Debian 12 with systemd as PID 1, in the order an operator lives it:
-install, configure, a job, a restart mid-job, a preload run, an upgrade, remove, purge.
+"""The packages on a real Debian 12 and a real Debian 13 with systemd as PID 1, each suite's own
+build, in the order an operator lives it: install, configure, a job, a restart mid-job, a
+preload run, an upgrade, remove, purge.
 
-The tests of this module share one machine and run in file order; each starts from the
-state the previous one left (a failure early makes the later ones fail too, loudly).
-Measured on the 2-core CI VM: about 3 minutes, plus about 70 s the first time the
-machine image is built (it is cached by the hash of its recipe).
+The tests of this module share one machine per suite and run in file order, first for one
+suite, then for the other; each starts from the state the previous one left (a failure early
+makes the later ones fail too, loudly).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import Machine
+from tests.system.conftest import SUITE_PYTHON, SUITE_TAG, Machine
 
 HERE = Path(__file__).resolve().parent
 UNITS = ["miner-agent.service", "executor-agent.service", "executor-agent-preload.service",
@@ -56,6 +56,33 @@ except OSError as exc:
     print(type(exc).__name__)
 """
 PROBE_PATH = "/usr/local/bin/socket-probe.py"
+# Imports every module of the executor agent and the two shared packages in the package's venv,
+# and lists what in its site-packages belongs to the miner only.
+BOUNDARY_PROBE = """\
+import importlib, json, pkgutil, sysconfig
+from pathlib import Path
+failed, count = [], 0
+for top in ("executor_agent", "horde_protocol", "agent_common"):
+    for info in pkgutil.walk_packages(importlib.import_module(top).__path__, top + "."):
+        if info.name.endswith(".__main__"):
+            continue  # runs the command line
+        count += 1
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:
+            failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
+site = Path(sysconfig.get_paths()["purelib"])
+names = sorted(p.name for p in site.iterdir())
+print(json.dumps({"modules": count, "failed": failed, "names": names}))
+"""
+# Distributions and import packages the executor package must not carry (issue 13).
+MINER_ONLY = {"bittensor", "web3", "eth_account", "asyncssh", "miner_agent", "scalecodec",
+              "async_substrate_interface", "tomlkit"}
+# The project's own metadata (pyproject's name is miner-agent), in both packages' venvs.
+PROJECT_DIST_INFO = "miner_agent-"
+# The executor package is the smaller one by far (docs/packaging.md has both sizes): at most this
+# share of the miner's Installed-Size.
+EXECUTOR_SIZE_SHARE_MAX = 0.6
 
 pytestmark = [pytest.mark.system, pytest.mark.podman]
 
@@ -105,6 +132,31 @@ def test_install_without_a_hotkey_starts_the_executor_and_explains_the_miner(mac
     # Subordinate ids for the job containers' user namespaces, once each.
     for path in ("/etc/subuid", "/etc/subgid"):
         assert machine.sh(f"grep '^containers:' {path}").out.splitlines() == [SUBIDS], path
+
+
+def test_each_package_is_its_suites_build_and_carries_only_its_agent(machine: Machine) -> None:
+    """The executor package's venv imports every executor_agent module with what it carries and
+    holds nothing of the miner's (bittensor, web3, miner_agent); both run on the suite's python3."""
+    python = SUITE_PYTHON[machine.suite]
+    sizes = {}
+    for pkg in ("executor-agent", "miner-agent"):
+        fields = machine.sh(f"dpkg-query -W -f '${{Version}}|${{Depends}}|${{Installed-Size}}' {pkg}").out.split("|")
+        assert fields[0].endswith(f"+{SUITE_TAG[machine.suite]}"), fields
+        assert f"python3 (>= {python})" in fields[1], fields
+        sizes[pkg] = int(fields[2])
+        assert machine.sh(f"/opt/{pkg}/venv/bin/python --version").out.split()[1].startswith(python + ".")
+    print(f"\n{machine.suite}: Installed-Size executor-agent {sizes['executor-agent']} KiB, "
+          f"miner-agent {sizes['miner-agent']} KiB")
+    assert sizes["executor-agent"] <= EXECUTOR_SIZE_SHARE_MAX * sizes["miner-agent"], sizes
+    machine.sh(f"cat > /root/boundary-probe.py <<'EOF'\n{BOUNDARY_PROBE}EOF")
+    report = json.loads(machine.sh("/opt/executor-agent/venv/bin/python /root/boundary-probe.py").out)
+    assert report["modules"] > 20 and report["failed"] == [], report["failed"]
+    carried = {name.split("-")[0].removesuffix(".py").lower() for name in report["names"]
+               if not name.startswith(PROJECT_DIST_INFO)}
+    assert not carried & MINER_ONLY, sorted(carried & MINER_ONLY)
+    assert machine.sh("test ! -e /opt/executor-agent/venv/bin/miner-agent && "
+                      "test ! -e /opt/miner-agent/venv/bin/executor-agent && "
+                      "! ls -d /opt/miner-agent/venv/lib/python3*/site-packages/executor_agent", check=False).rc == 0
 
 
 def test_configured_miner_is_active_and_logs_to_the_journal(machine: Machine) -> None:
