@@ -47,11 +47,13 @@ def _row_to_receipt(row: sqlite3.Row) -> Receipt:
     )
 
 
-# Organic JobStarted receipts of a class valid at a time (stock busy-decline excuses):
-# (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix).
+# Organic JobStarted receipts of a class valid at a time (stock busy-decline excuses), parameters from
+# `_excuses_args`. `timestamp_unix >= ?` (the time less the longest ttl stored) changes no result, as
+# no row older than that is still valid, but it bounds the index range SQLite walks: without it every
+# decline read every JobStarted receipt of the class ever kept, a cost that grew with the history.
 _EXCUSES_WHERE = (
     " WHERE receipt_type='JobStartedReceipt' AND executor_class=? AND is_organic=1"
-    " AND job_uuid != ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?"
+    " AND job_uuid != ? AND timestamp_unix >= ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?"
 )
 
 
@@ -69,6 +71,9 @@ class ReceiptStore:
     writer: PageWriter = field(init=False)
     # job_uuid -> page line of its organic JobStarted receipt (see EXCUSE_LINES_KEPT)
     _excuse_lines: dict[str, str] = field(default_factory=dict, init=False)
+    # The longest ttl_s of a stored organic JobStarted receipt (None: not read from SQLite yet); it only
+    # grows, so pruning old receipts leaves it an upper bound, which is all `_excuses_args` needs.
+    _longest_ttl_s: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.pages_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +147,8 @@ class ReceiptStore:
         line = receipt.model_dump_json()
         if started and p.is_organic:
             self._keep_excuse_line(str(p.job_uuid), line)
+            if self._longest_ttl_s is not None:
+                self._longest_ttl_s = max(self._longest_ttl_s, p.ttl)
         log.info(
             "receipt stored type=%s job=%s validator=%s page=%d",
             _enum_text(p.receipt_type), p.job_uuid, p.validator_hotkey, page,
@@ -158,6 +165,14 @@ class ReceiptStore:
         self._excuse_lines[job_uuid] = line
         if len(self._excuse_lines) > EXCUSE_LINES_KEPT:
             del self._excuse_lines[next(iter(self._excuse_lines))]  # the oldest
+
+    def _excuses_args(self, executor_class: str, at_unix: float, exclude_job: str) -> tuple[object, ...]:
+        if self._longest_ttl_s is None:
+            row = self.conn.execute("SELECT MAX(ttl_s) FROM receipts WHERE receipt_type='JobStartedReceipt'"
+                                    " AND is_organic=1").fetchone()
+            self._longest_ttl_s = float(row[0] or 0)
+        oldest = at_unix - self._longest_ttl_s - EXCUSE_GRACE_S
+        return (executor_class, exclude_job, oldest, at_unix, EXCUSE_GRACE_S, at_unix)
 
     def _page_path(self, page: int) -> Path:
         return self.writer.path(page)
@@ -198,7 +213,7 @@ class ReceiptStore:
         """Organic JobStarted receipts of this class valid at `at_unix` (stock busy-decline excuses)."""
         rows = self.conn.execute(
             "SELECT payload_json, validator_signature, miner_signature FROM receipts" + _EXCUSES_WHERE,
-            (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix),
+            self._excuses_args(executor_class, at_unix, exclude_job),
         ).fetchall()
         return [_row_to_receipt(r) for r in rows]
 
@@ -208,7 +223,7 @@ class ReceiptStore:
         # The same WHERE as `excuses`, so SQLite takes the same index and yields the same order.
         jobs = self.conn.execute(
             "SELECT job_uuid FROM receipts" + _EXCUSES_WHERE,
-            (executor_class, exclude_job, at_unix, EXCUSE_GRACE_S, at_unix),
+            self._excuses_args(executor_class, at_unix, exclude_job),
         ).fetchall()
         lines = []
         for (job_uuid,) in jobs:

@@ -22,6 +22,7 @@ What the validator sends us is unchanged: its compressor keeps its context (we d
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,27 @@ class PerMessageDeflateWriter(WebSocketWriter):
                 await self.protocol._drain_helper()
 
 
+    def _write_websocket_frame(self, message: bytes, opcode: int, rsv: int) -> None:
+        """aiohttp's frame, in one transport write: it writes a large frame's header and payload
+        apart, which uvloop sends as two send() calls and two segments (TCP_NODELAY); the copy of a
+        20 KB compressed decline costs far less than the second system call."""
+        if self.use_mask:  # a client's frame; the miner only serves
+            super()._write_websocket_frame(message, opcode, rsv)
+            return
+        length = len(message)
+        first = 0x80 | rsv | opcode  # FIN, then RSV1 when compressed, then the opcode (RFC 6455 §5.2)
+        if length < 126:
+            header = struct.pack("!BB", first, length)
+        elif length < 65536:
+            header = struct.pack("!BBH", first, 126, length)
+        else:
+            header = struct.pack("!BBQ", first, 127, length)
+        if self.transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        self.transport.write(header + message)
+        self._output_size += len(header) + length
+
+
 class StatelessDeflateResponse(web.WebSocketResponse):
     """A WebSocketResponse that negotiates permessage-deflate with server_no_context_takeover."""
 
@@ -112,8 +134,6 @@ class StatelessDeflateResponse(web.WebSocketResponse):
         return headers, protocol, window_bits, True
 
     def _pre_start(self, request: BaseRequest) -> tuple[str | None, WebSocketWriter]:
-        protocol, writer = super()._pre_start(request)
-        if not writer.compress:
-            return protocol, writer
+        protocol, writer = super()._pre_start(request)  # without deflate too: its frames go out in one write
         return protocol, PerMessageDeflateWriter(writer.protocol, writer.transport, compress=writer.compress,
-                                                 notakeover=True, limit=self._writer_limit)
+                                                 notakeover=bool(writer.compress), limit=self._writer_limit)

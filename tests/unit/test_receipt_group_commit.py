@@ -128,3 +128,25 @@ async def test_a_rebuild_leaves_a_page_with_queued_lines_for_later_and_duplicate
     lines = _page(store).read_text().splitlines()
     assert len(lines) == 2 == len(set(lines))
     assert store.rebuild_pages(only_stale=True) == 0 and store.stale_pages == set()
+
+
+def test_excuses_read_only_recent_rows_yet_keep_an_old_receipt_whose_ttl_still_covers_the_time(
+        tmp_path: Path) -> None:
+    """The excuse query walks the index from (time - the longest ttl stored) on: a receipt from an
+    hour ago with a two-hour ttl is still handed over, one from an hour ago with 30 s is not, also
+    after a restart (the longest ttl is read back from SQLite)."""
+    store = _store(tmp_path)
+    assert store.excuses(CLASS, time.time(), "none") == []  # the longest ttl is known (0) before the inserts
+    hour_ago = datetime.fromtimestamp(time.time() - 3600, UTC)
+    kept, expired, recent = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    for job, when, ttl in ((kept, hour_ago, 7200), (expired, hour_ago, 30), (recent, datetime.now(UTC), 30)):
+        payload = JobStartedReceiptPayload(job_uuid=job, miner_hotkey=MINER.ss58_address,
+                                           validator_hotkey=VALIDATOR.ss58_address, timestamp=when,
+                                           executor_class=CLASS, is_organic=True, ttl=ttl)
+        store.accept(payload, sign_blob(VALIDATOR, receipt_blob(payload)), VALIDATOR.ss58_address)
+    at = time.time()
+    for fresh in (store, _store(tmp_path)):  # this process, and one started on the same database
+        jobs = [str(r.payload.job_uuid) for r in fresh.excuses(CLASS, at, "none")]
+        assert sorted(jobs) == sorted([kept, recent])
+        assert [line for line in fresh.excuse_lines(CLASS, at, "none")] == [
+            r.model_dump_json() for r in fresh.excuses(CLASS, at, "none")]
