@@ -15,6 +15,10 @@ a message of `OFF_LOOP_MIN_BYTES` or more (a large job result) goes to a thread 
 where zlib releases the GIL. A per-socket lock keeps messages in the order they were sent, and
 as no message refers back to another, a send cancelled mid-way leaves nothing to corrupt.
 
+This leans on aiohttp internals (WebSocketResponse._handshake and _pre_start, WebSocketWriter's
+send lock, frame writer and flow control; aiohttp 3.14, pinned by the lock file): an upgrade that
+changes them fails tests/conformance/test_ws_deflate_oracle.py.
+
 What the validator sends us is unchanged: its compressor keeps its context (we do not ask for
 `client_no_context_takeover`, which would make every validator's messages larger).
 """
@@ -68,7 +72,11 @@ def deflate_on_loop(payload: bytes, window_bits: int) -> bytes:
     compressor = shared.get(window_bits)
     if compressor is None:
         compressor = shared[window_bits] = zlib.compressobj(LEVEL, zlib.DEFLATED, -window_bits, MEM_LEVEL)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
+    try:
+        data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
+    except BaseException:  # out of memory mid-message: what it took in must not lead the next message
+        del shared[window_bits]
+        raise
     return data.removesuffix(DEFLATE_TRAILER)
 
 
@@ -100,7 +108,6 @@ class PerMessageDeflateWriter(WebSocketWriter):
             self._output_size = 0
             if self.protocol._paused:
                 await self.protocol._drain_helper()
-
 
     def _write_websocket_frame(self, message: bytes, opcode: int, rsv: int) -> None:
         """aiohttp's frame, in one transport write: it writes a large frame's header and payload

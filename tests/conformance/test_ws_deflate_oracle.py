@@ -90,29 +90,23 @@ async def test_the_stock_websockets_client_reads_every_message() -> None:
     assert lines[1:] == [{"len": len(m), "sha": hashlib.sha256(m.encode()).hexdigest()} for m in messages]
 
 
-async def test_aiohttps_client_reads_every_message_compressed() -> None:
+async def _aiohttp_reads(compress: int) -> list[str]:
+    """What aiohttp's client, negotiating deflate with `compress` window bits (0: none), receives."""
     messages = _messages()
     runner, port = await _server(messages)
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"ws://127.0.0.1:{port}/ws", compress=15, max_msg_size=2**24) as ws:
-                assert ws.compress == 15
-                await ws.send_str("go")
-                got = [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                f"ws://127.0.0.1:{port}/ws", compress=compress, max_msg_size=2**24) as ws:
+            assert ws.compress == compress
+            await ws.send_str("go")
+            return [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
     finally:
         await runner.cleanup()
-    assert got == messages
+
+
+async def test_aiohttps_client_reads_every_message_compressed() -> None:
+    assert await _aiohttp_reads(15) == _messages()
 
 
 async def test_a_client_without_deflate_gets_plain_frames() -> None:
-    messages = _messages()
-    runner, port = await _server(messages)
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"ws://127.0.0.1:{port}/ws", compress=0, max_msg_size=2**24) as ws:
-                assert ws.compress == 0
-                await ws.send_str("go")
-                got = [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
-    finally:
-        await runner.cleanup()
-    assert got == messages
+    assert await _aiohttp_reads(0) == _messages()
