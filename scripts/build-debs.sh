@@ -10,8 +10,9 @@
 #   PYTHON=/usr/bin/python3.11 bash scripts/build-debs.sh   another Debian-packaged interpreter
 #                                                        (Ubuntu 22.04: its python3 is 3.10)
 # Environment: VERSION (default: pyproject's), DEBIAN_MIRROR, BUILDROOTS (the build roots'
-# and the shared pip cache's directory, default /var/tmp/miner-agent-buildroots). OUTDIR
-# defaults to dist/.
+# and the shared wheelhouse's directory, default /var/tmp/miner-agent-buildroots), WHEELHOUSE
+# (where the locked files are downloaded to and installed from; default: one per run, or
+# $BUILDROOTS/wheelhouse with SUITE). OUTDIR defaults to dist/.
 #
 # Route (a) of test-environment.md §5: per package, a virtualenv made with the release's
 # Python, its locked dependencies installed with pip --require-hashes (requirements/executor.txt
@@ -21,8 +22,8 @@
 #
 # With SUITE the script runs itself again inside the build root (chroot in a private mount
 # namespace, so nothing stays mounted): a debootstrap --variant=minbase of that suite with
-# python3 and python3-venv, made once (2-4 minutes) and kept in $BUILDROOTS/<suite>, its pip
-# cache shared between suites, so a second build downloads nothing. Needs debootstrap then.
+# python3 and python3-venv, made once (2-4 minutes) and kept in $BUILDROOTS/<suite>, with one
+# wheelhouse for all suites, so a second build downloads nothing. Needs debootstrap then.
 # Needs: dpkg-deb, python3-venv, network to PyPI. As root it apt-installs what is missing;
 # otherwise it says what to install.
 set -euo pipefail
@@ -48,7 +49,7 @@ if [ -n "${SUITE:-}" ]; then
   case $SUITE in bookworm|trixie) ;; *) log "SUITE=$SUITE: known suites are bookworm (12) and trixie (13)"; exit 1;; esac
   [ "$(id -u)" = 0 ] || { log "SUITE=$SUITE builds in a chroot and needs root"; exit 1; }
   command -v debootstrap >/dev/null || apt_need debootstrap
-  mkdir -p "$BUILDROOTS/pip-cache"
+  mkdir -p "$BUILDROOTS/wheelhouse"
   root=$BUILDROOTS/$SUITE
   recipe="$SUITE $MIRROR $BUILDROOT_PACKAGES"
   exec 9>"$BUILDROOTS/$SUITE.lock"
@@ -57,21 +58,22 @@ if [ -n "${SUITE:-}" ]; then
     log "build root $root: debootstrap $SUITE from $MIRROR (once; later builds reuse it)"
     rm -rf "$root" && mkdir -p "$root"
     mkdir -p "$BUILDROOTS/debootstrap-cache"   # shared with tests/system/build-image.sh
-    if ! debootstrap --variant=minbase --include="$BUILDROOT_PACKAGES" --cache-dir="$BUILDROOTS/debootstrap-cache" \
-         "$SUITE" "$root" "$MIRROR" \
-         >"$BUILDROOTS/$SUITE.log" 2>&1; then
+    # One debootstrap at a time writes into the shared .deb cache (other suites, the test images).
+    if ! flock "$BUILDROOTS/debootstrap-cache.lock" \
+         debootstrap --variant=minbase --include="$BUILDROOT_PACKAGES" --cache-dir="$BUILDROOTS/debootstrap-cache" \
+         "$SUITE" "$root" "$MIRROR" >"$BUILDROOTS/$SUITE.log" 2>&1; then
       tail -20 "$BUILDROOTS/$SUITE.log" >&2
       log "debootstrap $SUITE failed (mirror $MIRROR; set DEBIAN_MIRROR to another)"; rm -rf "$root"; exit 1
     fi
     rm -rf "$root"/var/cache/apt/archives/*.deb
     echo "$recipe" >"$root/.recipe"
   fi
-  mkdir -p "$root/build/src" "$root/build/out" "$root/var/cache/pip-shared"
+  mkdir -p "$root/build/src" "$root/build/out" "$root/var/cache/wheelhouse"
   # pip in the build root trusts what this host's pip trusts (a TLS-inspecting proxy's CA, say);
   # what it downloads is checked against the lock's hashes either way.
   CA_BUNDLE=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
   log "building in $root ($(chroot "$root" /usr/bin/python3 --version 2>&1))"
-  # The checkout read-only, OUTDIR and the shared pip cache bind-mounted in; proc, dev and
+  # The checkout read-only, OUTDIR and the shared wheelhouse bind-mounted in; proc, dev and
   # resolv.conf (for PyPI) too. All of it goes with the mount namespace when the build ends.
   unshare --mount --propagation private bash -euc '
     root=$1
@@ -79,13 +81,13 @@ if [ -n "${SUITE:-}" ]; then
     mount --rbind /dev "$root/dev"
     mount --bind -o ro "$2" "$root/build/src"
     mount --bind "$3" "$root/build/out"
-    mount --bind "$4" "$root/var/cache/pip-shared"
+    mount --bind "$4" "$root/var/cache/wheelhouse"
     touch "$root/etc/resolv.conf"; mount --bind -o ro /etc/resolv.conf "$root/etc/resolv.conf"
     touch "$root/etc/ssl/certs/build-host-ca.crt"; mount --bind -o ro "$6" "$root/etc/ssl/certs/build-host-ca.crt"
     exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-      PIP_CACHE_DIR=/var/cache/pip-shared PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}" VERSION="$5" \
+      WHEELHOUSE=/var/cache/wheelhouse PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-60}" VERSION="$5" \
       PIP_CERT=/etc/ssl/certs/build-host-ca.crt bash /build/src/scripts/build-debs.sh /build/out
-  ' _ "$root" "$REPO" "$OUT" "$BUILDROOTS/pip-cache" "${VERSION:-}" "$CA_BUNDLE"
+  ' _ "$root" "$REPO" "$OUT" "$BUILDROOTS/wheelhouse" "${VERSION:-}" "$CA_BUNDLE"
   exit 0
 fi
 
@@ -133,6 +135,16 @@ tar -C "$REPO" --exclude=./.venv --exclude='./.venv-*' --exclude=./dist --exclud
 "$PY" -m venv "$WORK/wheel-venv"
 "$WORK/wheel-venv/bin/pip" wheel -q --disable-pip-version-check --no-deps -w "$WORK/wheel" "$WORK/src" 2>&1 | grep -v 'is ignored' >&2 || true
 WHEEL=$(ls "$WORK"/wheel/miner_agent-*.whl)
+# Every locked file this Python needs (miner.txt holds executor.txt), downloaded once into the
+# wheelhouse, which already has what an earlier build or another suite fetched (pip's own HTTP
+# cache does not help behind a proxy that drops Cache-Control); the venvs install from it alone.
+# setuptools and wheel: what pip's build isolation installs to build an sdist (sdnotify).
+WHEELHOUSE=${WHEELHOUSE:-$WORK/wheelhouse}
+mkdir -p "$WHEELHOUSE"
+"$WORK/wheel-venv/bin/pip" download -q --disable-pip-version-check --require-hashes \
+  -r "$WORK/src/requirements/miner.txt" -d "$WHEELHOUSE" 2>&1 | grep -v 'is ignored' >&2 || true
+"$WORK/wheel-venv/bin/pip" download -q --disable-pip-version-check 'setuptools>=61' wheel -d "$WHEELHOUSE" 2>&1 \
+  | grep -v 'is ignored' >&2 || true
 
 make_venv() {  # $1 = package; its venv in $WORK/venv-$1 from requirements/<lock>.txt and the wheel
   local pkg=$1 venv=$WORK/venv-$1 lock other check
@@ -141,7 +153,8 @@ make_venv() {  # $1 = package; its venv in $WORK/venv-$1 from requirements/<lock
     executor-agent) lock=executor; other=miner_agent; check='import executor_agent.cli' ;;
   esac
   "$PY" -m venv "$venv"
-  "$venv/bin/pip" install "${PIP[@]}" --require-hashes -r "$WORK/src/requirements/$lock.txt" 2>&1 \
+  "$venv/bin/pip" install "${PIP[@]}" --no-index --find-links "$WHEELHOUSE" --require-hashes \
+    -r "$WORK/src/requirements/$lock.txt" 2>&1 \
     | grep -v 'is ignored' >&2 || true
   "$venv/bin/pip" install "${PIP[@]}" --no-deps "$WHEEL" 2>&1 | grep -v 'is ignored' >&2 || true
   # It records the temporary path pip installed from; meaningless on a target host.

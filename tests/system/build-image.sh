@@ -20,8 +20,9 @@ if ! podman image exists "$TAG-rootfs"; then
   trap 'rm -rf "$work"' EXIT
   echo "build-image: debootstrap $SUITE minbase from $MIRROR"
   mkdir -p "$DEB_CACHE"
-  if ! debootstrap --variant=minbase --include=python3 --cache-dir="$DEB_CACHE" "$SUITE" "$work/rootfs" "$MIRROR" \
-       >"$work/log" 2>&1; then
+  # One debootstrap at a time writes into the shared .deb cache (scripts/build-debs.sh takes the same lock).
+  if ! flock "$DEB_CACHE.lock" debootstrap --variant=minbase --include=python3 --cache-dir="$DEB_CACHE" "$SUITE" \
+       "$work/rootfs" "$MIRROR" >"$work/log" 2>&1; then
     tail -20 "$work/log" >&2
     tail -40 "$work/rootfs/debootstrap/debootstrap.log" >&2 || true
     echo "build-image: debootstrap failed (mirror $MIRROR; set DEBIAN_MIRROR to another)" >&2
