@@ -8,9 +8,12 @@ unpinned or unhashed (docs/packaging.md).
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ LOCK_EXTRAS: dict[str, tuple[str, ...]] = {"executor.txt": (), "miner.txt": ("mi
 # What the executor-agent package must never carry (issue 13: the executor host needs none of it).
 MINER_ONLY = {"bittensor", "web3", "eth-account", "asyncssh", "async-substrate-interface"}
 DIRECT = "miner-agent (pyproject.toml)"
+PROJECT_PACKAGES = {"executor_agent", "horde_protocol", "agent_common", "miner_agent"}
+EXECUTOR_SIDE = ("executor_agent", "horde_protocol", "agent_common")  # what the executor package carries
 HEADER = "# Locked by: bash scripts/lock-deps.sh"
 ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 
@@ -110,3 +115,36 @@ def test_the_three_locks_agree_on_every_shared_package() -> None:
 def test_the_executor_lock_carries_nothing_only_the_miner_needs() -> None:
     names = {pin.name for pin in read_lock(LOCKS / "executor.txt")}
     assert not names & MINER_ONLY, f"requirements/executor.txt has miner-only packages: {sorted(names & MINER_ONLY)}"
+
+
+def test_everything_the_executor_side_imports_is_in_the_executor_lock() -> None:
+    """The executor-agent package installs only requirements/executor.txt: a third-party import added to
+    executor_agent, horde_protocol or agent_common must come from a package in it (or into the base
+    dependencies, and re-lock). The system test proves the same in the built package's own venv."""
+    locked = {pin.name for pin in read_lock(LOCKS / "executor.txt")}
+    providers = packages_distributions()
+    missing: dict[str, str] = {}
+    for module, where in sorted(third_party_imports(EXECUTOR_SIDE).items()):
+        dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        if not dists & locked:
+            missing[module] = f"{where} (from {sorted(dists) or 'no installed distribution'})"
+    assert not missing, f"imported on the executor side but not in requirements/executor.txt: {missing}"
+
+
+def third_party_imports(packages: tuple[str, ...]) -> dict[str, str]:
+    """{top-level module: first file importing it} for absolute imports outside the stdlib and the project."""
+    found: dict[str, str] = {}
+    for package in packages:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in PROJECT_PACKAGES:
+                        found.setdefault(top, str(path.relative_to(REPO)))
+    return found
