@@ -124,8 +124,10 @@ def refusal_reason(address: IPAddress) -> str | None:
         if address in _NAT64:  # a NAT64 gateway forwards to the IPv4 address in the last 32 bits
             inner = refusal_reason(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
             return None if inner is None else f"{inner} in NAT64 form"
-        if address.sixtofour is not None and (inner := refusal_reason(address.sixtofour)) is not None:
-            return f"{inner} in 6to4 form"
+        if address.sixtofour is not None:  # 2002:a.b.c.d::/48 tunnels to a.b.c.d: its verdict is the IPv4's
+            # (decided here, not by is_global: Python 3.13 calls all of 2002::/16 non-global, 3.11 does not)
+            inner = refusal_reason(address.sixtofour)
+            return None if inner is None else f"{inner} in 6to4 form"
         table: Iterable[tuple[IPNetwork, str]] = _REFUSED_V6
     else:
         table = _REFUSED_V4

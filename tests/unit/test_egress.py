@@ -173,7 +173,8 @@ REFUSED_URLS = [
     ("http://127.1/", r"127\.0\.0\.1:80: a loopback address \(URL host '127\.1'\)"),
     ("http://2130706433:8000/", r"127\.0\.0\.1:8000: a loopback"),
     ("http://169.254.169.254/latest/meta-data/", r"169\.254\.169\.254:80: a link-local address"),
-    ("https://[::ffff:169.254.169.254]/", r"\[::ffff:a9fe:a9fe\]:443: a link-local address"),
+    # Python 3.13 spells a mapped address ::ffff:169.254.169.254, 3.11 ::ffff:a9fe:a9fe
+    ("https://[::ffff:169.254.169.254]/", r"\[::ffff:(a9fe:a9fe|169\.254\.169\.254)\]:443: a link-local address"),
     ("http://0.0.0.0:9100/", r"0\.0\.0\.0:9100: an unspecified address"),
     ("http://10.0.0.1/", r"10\.0\.0\.1:80: a private address"),
 ]
