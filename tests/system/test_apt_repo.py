@@ -40,7 +40,7 @@ from tests.system.apt_fixtures import (
     with_repo_url,
 )
 from tests.system.conftest import Machine
-from tests.system.test_packages import DEMO_IMAGE, FAKE_CDI_SPEC, VALIDATOR_WALLETS, wait_active
+from tests.system.test_packages import DEMO_IMAGE, FAKE_CDI_SPEC, VALIDATOR_WALLETS, allow_a_new_validator, wait_active
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = ("miner-agent", "executor-agent")
@@ -199,14 +199,7 @@ def test_the_readmes_steps_install_version_n_from_stable(machine: Machine, repo:
 
 def test_apt_upgrade_mid_job_still_delivers_the_jobs_result(machine: Machine, repo: AptRepo) -> None:
     n, n1 = repo.version(0, machine.suite), repo.version(1, machine.suite)
-    validator = machine.sh(
-        "/opt/miner-agent/venv/bin/python -c '"
-        "from pathlib import Path; from miner_agent.keys import create_wallet; "
-        "create_wallet(Path(\"/etc/miner-agent/wallets\"), \"default\", \"default\"); "
-        f"print(create_wallet(Path(\"{VALIDATOR_WALLETS}\"), \"validator\", \"default\").hotkey)'"
-    ).out.strip()
-    machine.sh("chown -R miner-agent:miner-agent /etc/miner-agent/wallets/default")
-    machine.sh(f"sed -i 's|^#allow = \\[\\]|allow = [\"{validator}\"]|' /etc/miner-agent/miner-agent.toml")
+    allow_a_new_validator(machine)
     machine.sh("systemctl restart miner-agent")
     wait_active(machine, "miner-agent.service")
     machine.sh(f"podman image exists {DEMO_IMAGE} || podman import -q --change 'CMD [\"/bin/sh\"]' "

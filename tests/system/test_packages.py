@@ -89,6 +89,20 @@ pytestmark = [pytest.mark.system, pytest.mark.podman]
 state: dict[str, str] = {}
 
 
+def allow_a_new_validator(box: Machine) -> str:
+    """The miner's hotkey and a validator's wallet, made with the installed package's own code, and the
+    validator allowlisted in the packaged config (the miner is not restarted); returns its hotkey."""
+    validator = box.sh(
+        "/opt/miner-agent/venv/bin/python -c '"
+        "from pathlib import Path; from miner_agent.keys import create_wallet; "
+        "create_wallet(Path(\"/etc/miner-agent/wallets\"), \"default\", \"default\"); "
+        f"print(create_wallet(Path(\"{VALIDATOR_WALLETS}\"), \"validator\", \"default\").hotkey)'"
+    ).out.strip()
+    box.sh("chown -R miner-agent:miner-agent /etc/miner-agent/wallets/default")
+    box.sh(f"sed -i 's|^#allow = \\[\\]|allow = [\"{validator}\"]|' /etc/miner-agent/miner-agent.toml")
+    return validator
+
+
 def wait_active(box: Machine, unit: str, timeout_s: float = ACTIVE_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -160,15 +174,8 @@ def test_each_package_is_its_suites_build_and_carries_only_its_agent(machine: Ma
 
 
 def test_configured_miner_is_active_and_logs_to_the_journal(machine: Machine) -> None:
-    validator = machine.sh(
-        "/opt/miner-agent/venv/bin/python -c '"
-        "from pathlib import Path; from miner_agent.keys import create_wallet; "
-        "create_wallet(Path(\"/etc/miner-agent/wallets\"), \"default\", \"default\"); "
-        f"print(create_wallet(Path(\"{VALIDATOR_WALLETS}\"), \"validator\", \"default\").hotkey)'"
-    ).out.strip()
+    validator = allow_a_new_validator(machine)
     state["validator"] = validator
-    machine.sh("chown -R miner-agent:miner-agent /etc/miner-agent/wallets/default")
-    machine.sh(f"sed -i 's|^#allow = \\[\\]|allow = [\"{validator}\"]|' /etc/miner-agent/miner-agent.toml")
     # A GPU class, so the job below takes the nvidia_all preset to the fake CDI device (the default
     # class, always_on.cpu.8c.16gb, has no GPU).
     machine.sh("miner-agent executors add local --class spin_up-4min.gpu-24gb --config /etc/miner-agent/miner-agent.toml")

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.system.conftest import Machine
-from tests.system.test_packages import ACTIVE_TIMEOUT_S, DEMO_IMAGE, FAKE_CDI_SPEC, VALIDATOR_WALLETS
+from tests.system.test_packages import (
+    ACTIVE_TIMEOUT_S,
+    DEMO_IMAGE,
+    FAKE_CDI_SPEC,
+    VALIDATOR_WALLETS,
+    allow_a_new_validator,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "operator-guide.md"
@@ -80,14 +86,7 @@ def test_the_guides_ssh_steps_run_a_job_through_the_installed_packages(machine: 
     machine.sh(f"mkdir -p /etc/cdi && cat > /etc/cdi/fake-nvidia.yaml <<'EOF'\n{FAKE_CDI_SPEC}EOF")
     machine.sh("test -e /dev/fakegpu0 || mknod -m 0666 /dev/fakegpu0 c 1 3")
     machine.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y /root/executor-agent.deb /root/miner-agent.deb")
-    validator = machine.sh(
-        "/opt/miner-agent/venv/bin/python -c '"
-        "from pathlib import Path; from miner_agent.keys import create_wallet; "
-        "create_wallet(Path(\"/etc/miner-agent/wallets\"), \"default\", \"default\"); "
-        f"print(create_wallet(Path(\"{VALIDATOR_WALLETS}\"), \"validator\", \"default\").hotkey)'"
-    ).out.strip()
-    machine.sh("chown -R miner-agent:miner-agent /etc/miner-agent/wallets/default")
-    machine.sh(f"sed -i 's|^#allow = \\[\\]|allow = [\"{validator}\"]|' /etc/miner-agent/miner-agent.toml")
+    allow_a_new_validator(machine)
 
     # Miner host: the guide's key commands; the last one prints the public key.
     public_key = machine.sh(as_root(miner_block)).out.strip().splitlines()[-1]
