@@ -85,8 +85,12 @@ def axon_rows(
     return rows
 
 
-def commitment_row(on_chain: str | None, manifest: Mapping[str, int] | None, *, commit_enabled: bool) -> CheckRow:
-    """Our knowledge commitment carries the manifest the running miner advertises now."""
+def commitment_row(on_chain: str | None, manifest: Mapping[str, int] | None, *, commit_enabled: bool,
+                   static_backend: bool = False) -> CheckRow:
+    """Our knowledge commitment carries the manifest the running miner advertises now.
+
+    With the static backend the running miner's commitment lives in its own memory, out of
+    doctor's reach, so an empty one is "not checked" unless the static file stages one."""
     name = "manifest commitment"
     if manifest is None:
         return not_checked(name, "current manifest unknown: miner-agent is not running", "systemctl start miner-agent")
@@ -94,6 +98,10 @@ def commitment_row(on_chain: str | None, manifest: Mapping[str, int] | None, *, 
     if on_chain is None:
         return not_checked(name, "the commitment could not be read from the chain")
     found = manifest_from_commitment(on_chain)
+    if found is None and static_backend:
+        return not_checked(name, "static chain backend: the miner's commitment is not on any chain, and the static "
+                           "file has no [commitments] entry for our hotkey",
+                           "set [chain] backend = \"bittensor\" to publish the manifest on the real chain")
     if found is None:
         fix = "set [chain] commit_manifest = true" if not commit_enabled else "the miner commits every 5 min; " \
               "look for 'chain duty failed duty=manifest' in journalctl -u miner-agent"

@@ -162,7 +162,8 @@ async def _chain_rows(config: MinerConfig, chain: ChainBackend, hotkey: str, liv
                      want_ip=want_ip, want_port=port, public_ip=public_ip, public_error=public_error,
                      listening=listening)
     commitment, _ = await _read(chain.read_commitment(netuid, hotkey))
-    rows.append(commitment_row(commitment, live.manifest if live else None, commit_enabled=settings.commit_manifest))
+    rows.append(commitment_row(commitment, live.manifest if live else None, commit_enabled=settings.commit_manifest,
+                               static_backend=settings.backend == "static"))
     permitted, why = await _read(chain.validator_permit_hotkeys(netuid))
     expected = set(permitted or (live.permitted if live else [])) | set(config.validators.allow)
     rows.append(validators_row(expected, live.last_connected if live else None, time.time()))

@@ -48,6 +48,10 @@ def test_commitment_against_the_current_manifest() -> None:
     assert stale.result == "FAIL" and "<M:C1>" in stale.detail and "<M:C2>" in stale.detail
     assert commitment_row("", manifest, commit_enabled=False).fix == "set [chain] commit_manifest = true"
     assert commitment_row("<M:C2>", None, commit_enabled=True).result == "not checked"
+    # Static backend: the running miner's commitment is only in its memory; a staged one is still judged.
+    assert commitment_row("", manifest, commit_enabled=True, static_backend=True).result == "not checked"
+    assert commitment_row("<M:C1>", manifest, commit_enabled=True, static_backend=True).result == "FAIL"
+    assert commitment_row("", manifest, commit_enabled=True).result == "FAIL"
 
 
 def test_clock_skew_thresholds() -> None:
