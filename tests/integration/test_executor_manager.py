@@ -4,7 +4,10 @@ starts a real executor-agent process per job, and a job runs through it on real 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,21 @@ class FailingManager(BaseExecutorManager):
         return None
 
 
+@pytest.fixture
+def work_dir() -> Iterator[Path]:
+    """The manager's executor homes; afterwards, any executor-agent still running from one of them
+    is stopped (a test that ends mid-job would otherwise leave its agent behind, one per run)."""
+    path = Path(tempfile.mkdtemp(prefix="mgr-"))
+    yield path
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"executor_agent" in cmdline and str(path).encode() in cmdline:
+            os.kill(int(pid), signal.SIGTERM)
+
+
 def _managed_config(miner_config, class_path: str, **options):
     return miner_config.model_copy(update={
         "executors": [],
@@ -57,8 +75,7 @@ def _job(sim, image, cmd):
 
 @pytest.mark.podman
 async def test_example_manager_runs_a_job_in_its_own_agent_and_cleans_up(
-        miner_config, start_miner, podman_socket, busybox_image, validator_key) -> None:
-    work_dir = Path(tempfile.mkdtemp(prefix="mgr-"))
+        miner_config, start_miner, podman_socket, busybox_image, validator_key, work_dir: Path) -> None:
     config = _managed_config(miner_config, EXAMPLE, work_dir=str(work_dir), podman_url=podman_socket,
                              manifest={CLASS: 1})
     agent = await start_miner(config)
@@ -83,8 +100,7 @@ async def test_example_manager_runs_a_job_in_its_own_agent_and_cleans_up(
 
 @pytest.mark.podman
 async def test_manager_capacity_is_respected(miner_config, start_miner, podman_socket, busybox_image,
-                                             validator_key) -> None:
-    work_dir = Path(tempfile.mkdtemp(prefix="mgr-"))
+                                             validator_key, work_dir: Path) -> None:
     agent = await start_miner(_managed_config(miner_config, EXAMPLE, work_dir=str(work_dir),
                                               podman_url=podman_socket, manifest={CLASS: 1}))
     sim = sim_for(agent, validator_key)
