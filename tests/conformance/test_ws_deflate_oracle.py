@@ -8,10 +8,12 @@ benches and the self-test use it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
 import string
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,6 +21,7 @@ from aiohttp import web
 
 from miner_agent.server.ws_deflate import OFF_LOOP_MIN_BYTES, StatelessDeflateResponse
 from tests.conformance.test_oracle import ORACLE_PYTHON
+from tests.fixtures.httpserver import start_server
 
 # Sizes sent in this order on one socket: tiny, manifest-like, a busy decline with ~60 excuses, then
 # one past the off-loop threshold between two small ones (the small must not overtake it).
@@ -52,7 +55,9 @@ def _messages() -> list[str]:
     return [*texts, texts[2], texts[2]]
 
 
-async def _server(messages: list[str]) -> tuple[web.AppRunner, int]:
+@contextlib.asynccontextmanager
+async def _server(messages: list[str]) -> AsyncIterator[str]:
+    """The test's own loopback server (tests/fixtures/httpserver.py) with one websocket route; yields its ws:// URL."""
     async def handler(request: web.Request) -> web.WebSocketResponse:
         ws = StatelessDeflateResponse()
         await ws.prepare(request)
@@ -62,29 +67,20 @@ async def _server(messages: list[str]) -> tuple[web.AppRunner, int]:
         await ws.receive()  # until the client closes
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, port
+    async with start_server() as server:
+        yield server.route("GET", "/ws", handler).replace("http://", "ws://", 1)
 
 
 async def test_the_stock_websockets_client_reads_every_message() -> None:
     if not ORACLE_PYTHON.exists():
         pytest.fail(f"{ORACLE_PYTHON} is missing: run scripts/oracle-venv.sh", pytrace=False)
     messages = _messages()
-    runner, port = await _server(messages)
-    try:
+    async with _server(messages) as url:
         proc = await asyncio.create_subprocess_exec(
-            str(ORACLE_PYTHON), "-c", _STOCK_CLIENT, f"ws://127.0.0.1:{port}/ws", str(len(messages)),
+            str(ORACLE_PYTHON), "-c", _STOCK_CLIENT, url, str(len(messages)),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT_S)
         assert proc.returncode == 0, err.decode()[-3000:]
-    finally:
-        await runner.cleanup()
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert lines[0]["extensions"] == "permessage-deflate; server_no_context_takeover"
     assert lines[1:] == [{"len": len(m), "sha": hashlib.sha256(m.encode()).hexdigest()} for m in messages]
@@ -93,15 +89,11 @@ async def test_the_stock_websockets_client_reads_every_message() -> None:
 async def _aiohttp_reads(compress: int) -> list[str]:
     """What aiohttp's client, negotiating deflate with `compress` window bits (0: none), receives."""
     messages = _messages()
-    runner, port = await _server(messages)
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-                f"ws://127.0.0.1:{port}/ws", compress=compress, max_msg_size=2**24) as ws:
-            assert ws.compress == compress
-            await ws.send_str("go")
-            return [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
-    finally:
-        await runner.cleanup()
+    async with _server(messages) as url, aiohttp.ClientSession() as http, http.ws_connect(
+            url, compress=compress, max_msg_size=2**24) as ws:
+        assert ws.compress == compress
+        await ws.send_str("go")
+        return [(await ws.receive(timeout=CLIENT_TIMEOUT_S)).data for _ in messages]
 
 
 async def test_aiohttps_client_reads_every_message_compressed() -> None:
