@@ -288,7 +288,7 @@ async def test_restart_before_container_ends_job(agent_config: Any, busybox_imag
         await agent.stop()
 
 
-async def test_output_upload_zip_put(link_client: LinkClient, busybox_image: str) -> None:
+async def test_output_upload_zip_put(link_client: LinkClient, busybox_image: str, http_server) -> None:
     from aiohttp import web
 
     received: list[bytes] = []
@@ -297,34 +297,24 @@ async def test_output_upload_zip_put(link_client: LinkClient, busybox_image: str
         received.append(await request.read())
         return web.Response(text="stored", headers={"ETag": "abc"})
 
-    app = web.Application()
-    app.router.add_put("/up", put)
     async def refuse(_request: web.Request) -> web.Response:
         return web.Response(status=403)
 
-    app.router.add_put("/fail", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        cmd = ["/bin/sh", "-c", "echo data > /output/result.txt; echo printed"]
-        _, events = await run_job(link_client, busybox_image, cmd, output_upload={
-            "output_upload_type": "zip_and_http_put", "url": f"http://127.0.0.1:{port}/up"})
-        finished = events[-1].message
-        assert finished.message_type == "V0JobFinishedRequest", finished
-        assert json.loads(finished.upload_results["output.zip"])["body"] == "stored"
-        names = zipfile.ZipFile(io.BytesIO(received[0])).namelist()
-        assert sorted(names) == ["result.txt", "stderr.txt", "stdout.txt"]
+    up_url, fail_url = http_server.route("PUT", "/up", put), http_server.route("PUT", "/fail", refuse)
+    cmd = ["/bin/sh", "-c", "echo data > /output/result.txt; echo printed"]
+    _, events = await run_job(link_client, busybox_image, cmd, output_upload={
+        "output_upload_type": "zip_and_http_put", "url": up_url})
+    finished = events[-1].message
+    assert finished.message_type == "V0JobFinishedRequest", finished
+    assert json.loads(finished.upload_results["output.zip"])["body"] == "stored"
+    names = zipfile.ZipFile(io.BytesIO(received[0])).namelist()
+    assert sorted(names) == ["result.txt", "stderr.txt", "stdout.txt"]
 
-        _, events = await run_job(link_client, busybox_image, cmd, output_upload={
-            "output_upload_type": "zip_and_http_put", "url": f"http://127.0.0.1:{port}/fail"})
-        failed = events[-1].message
-        assert (failed.reason, failed.stage, failed.message) == ("upload_failed", "result_upload", "Upload failed")
-        assert (failed.docker_process_exit_status, failed.docker_process_stdout) == (0, "printed\n")
-    finally:
-        await runner.cleanup()
+    _, events = await run_job(link_client, busybox_image, cmd, output_upload={
+        "output_upload_type": "zip_and_http_put", "url": fail_url})
+    failed = events[-1].message
+    assert (failed.reason, failed.stage, failed.message) == ("upload_failed", "result_upload", "Upload failed")
+    assert (failed.docker_process_exit_status, failed.docker_process_stdout) == (0, "printed\n")
 
 
 async def test_payload_never_sent_is_download_timeout(link_client: LinkClient, busybox_image: str) -> None:

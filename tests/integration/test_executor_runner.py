@@ -98,7 +98,7 @@ async def test_unused_download_time_carries_over(agent_config: AgentConfig, busy
         assert events[-1].message.docker_process_stdout == "ok\n"
 
 
-async def test_upload_stage_overrun(link_client: Any, busybox_image: str) -> None:
+async def test_upload_stage_overrun(link_client: Any, busybox_image: str, http_server) -> None:
     release = asyncio.Event()
 
     async def stall(request: web.Request) -> web.Response:
@@ -106,19 +106,12 @@ async def test_upload_stage_overrun(link_client: Any, busybox_image: str) -> Non
         await release.wait()
         return web.Response(text="too late")
 
-    app = web.Application()
-    app.router.add_put("/slow", stall)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = http_server.route("PUT", "/slow", stall)
     try:
         started = time.monotonic()
         _, events = await run_job(link_client, busybox_image, ["echo", "printed"],
                                   init_kw={"timing": timing(0, 5, 5, 1)},
-                                  output_upload={"output_upload_type": "zip_and_http_put",
-                                                 "url": f"http://127.0.0.1:{port}/slow"})
+                                  output_upload={"output_upload_type": "zip_and_http_put", "url": url})
         failed = events[-1].message
         assert types(events) == ["V0ExecutorReadyRequest", "V0VolumesReadyRequest", "V0ExecutionDoneRequest",
                                  "V0JobFailedRequest"]
@@ -126,7 +119,6 @@ async def test_upload_stage_overrun(link_client: Any, busybox_image: str) -> Non
         assert time.monotonic() - started < 15  # leftover download/execution time, then the 1 s of upload
     finally:
         release.set()
-        await runner.cleanup()
 
 
 async def test_download_stage_overrun_after_partial_wait(link_client: Any, busybox_image: str) -> None:
