@@ -34,9 +34,9 @@ from horde_protocol.messages import (
     V0StreamingJobReadyRequest,
     validator_signature_ok,
 )
-from horde_protocol.receipts import Receipt
 from miner_agent.fleet.connection import LinkDown
 from miner_agent.fleet.pool import Fleet
+from miner_agent.jobs.decline import decline_json
 from miner_agent.jobs.job_store import JobSnapshot, JobStore
 from miner_agent.jobs.machine import (
     Action,
@@ -478,21 +478,3 @@ class JobService:
         decline = V0DeclineJobRequest(job_uuid=uuid, reason=reason, message=message)
         await sink.send_text(decline_json(decline, receipt_lines))
 
-
-_EMPTY_RECEIPTS = '"receipts":[]'
-
-
-def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> str:
-    """The decline's JSON with `receipt_lines` as its `receipts`, byte for byte what pydantic
-    writes for the same Receipt objects (a list of their compact JSON, comma-joined), without
-    serialising each excuse again: in a burst of busy declines that cost grew as n².
-
-    `decline` comes without receipts. Inside a JSON string a quote is escaped, so the empty list's
-    key can only appear once, as the key; anything else falls back to pydantic."""
-    text = decline.model_dump_json()
-    if not receipt_lines:
-        return text
-    if decline.receipts or text.count(_EMPTY_RECEIPTS) != 1:
-        receipts = [Receipt.model_validate_json(line) for line in receipt_lines]
-        return decline.model_copy(update={"receipts": [*decline.receipts, *receipts]}).model_dump_json()
-    return text.replace(_EMPTY_RECEIPTS, '"receipts":[' + ",".join(receipt_lines) + "]")

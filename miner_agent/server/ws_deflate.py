@@ -15,6 +15,12 @@ a message of `OFF_LOOP_MIN_BYTES` or more (a large job result) goes to a thread 
 where zlib releases the GIL. A per-socket lock keeps messages in the order they were sent, and
 as no message refers back to another, a send cancelled mid-way leaves nothing to corrupt.
 
+A `SplicedText` (a busy decline, miner_agent/jobs/decline.py) is compressed piece by piece, each
+piece ended by a full flush, so each piece's compressed bytes stand on their own and can be put
+side by side into one message: the deflate stream of the whole text, as a decoder reads it. The
+recurring pieces are compressed once and kept (`SHARED_SEGMENTS_KEPT`), so a decline in a burst
+compresses only its own head and tail.
+
 This leans on aiohttp internals (WebSocketResponse._handshake and _pre_start, WebSocketWriter's
 send lock, frame writer and flow control; aiohttp 3.14, pinned by the lock file): an upgrade that
 changes them fails tests/conformance/test_ws_deflate_oracle.py.
@@ -32,13 +38,15 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 # aiohttp's own writer and extension header builder: the framing, masking and flow control stay theirs.
 from aiohttp.http import WebSocketWriter, ws_ext_gen
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
+
+from miner_agent.jobs.decline import SplicedText
 
 CONTROL_OPCODE_MIN = 8  # RFC 6455 §5.5: opcodes 8-15 are control frames, never compressed
 COMPRESSED_RSV = 0x40  # RSV1: this message is compressed (RFC 7692 §6)
@@ -51,9 +59,14 @@ MEM_LEVEL = 8  # zlib's default; smaller levels measured slower on decline JSON 
 # 440 ms against 180 ms on the loop). Compressing 256 KiB of JSON takes ~2 ms, the most the loop gives up.
 OFF_LOOP_MIN_BYTES = 256 * 1024
 DEFLATE_THREADS = 1  # one core for the loop, one for compression on a 2-core host
+# Compressed recurring pieces kept, newest use last: a burst of 100 declines needs ~13 blocks of
+# 8 excuses (~2.5 KB each compressed), so 512 (at most ~10 MB with 32-line blocks, ~1.3 MB typical)
+# outlast any burst while old receipts' blocks age out.
+SHARED_SEGMENTS_KEPT = 512
 
 _pool: ThreadPoolExecutor | None = None
 _loop_compressors = threading.local()  # window bits -> the compressor messages on this thread share
+_shared_segments: dict[tuple[int, str], bytes] = {}  # (window bits, piece) -> its compressed bytes
 
 
 def deflate_message(payload: bytes, window_bits: int) -> bytes:
@@ -64,20 +77,44 @@ def deflate_message(payload: bytes, window_bits: int) -> bytes:
     return data.removesuffix(DEFLATE_TRAILER)
 
 
-def deflate_on_loop(payload: bytes, window_bits: int) -> bytes:
-    """`deflate_message` with one compressor shared by every socket of this thread, each message
-    ended by a full flush, which clears the compressor's history, so that no message refers back to
-    another, without setting up a compressor per message (~100 us each: 4 x 64 KiB touched anew)."""
+def _full_flushed(data: bytes, window_bits: int) -> bytes:
+    """`data` compressed by the compressor every socket of this thread shares, ended by a full
+    flush (its empty stored block, the `DEFLATE_TRAILER`, included). The flush clears the
+    compressor's history, so the bytes refer to nothing before them and decode the same wherever
+    they stand; sharing saves setting up a compressor per message (~100 us each: 4 x 64 KiB
+    touched anew)."""
     shared: dict[int, Any] = _loop_compressors.__dict__
     compressor = shared.get(window_bits)
     if compressor is None:
         compressor = shared[window_bits] = zlib.compressobj(LEVEL, zlib.DEFLATED, -window_bits, MEM_LEVEL)
     try:
-        data = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
+        return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
     except BaseException:  # out of memory mid-message: what it took in must not lead the next message
         del shared[window_bits]
         raise
-    return data.removesuffix(DEFLATE_TRAILER)
+
+
+def deflate_on_loop(payload: bytes, window_bits: int) -> bytes:
+    """`deflate_message` by the thread's shared compressor (`_full_flushed`)."""
+    return _full_flushed(payload, window_bits).removesuffix(DEFLATE_TRAILER)
+
+
+def deflate_spliced(text: SplicedText, window_bits: int) -> bytes:
+    """The compressed message of `text`: its pieces' segments side by side, the recurring ones
+    from `_shared_segments`, and the last segment's trailer removed (RFC 7692 §7.2.1)."""
+    pieces = text.pieces
+    segments = [_full_flushed(pieces[0].encode("utf-8"), window_bits)]
+    for piece in pieces[1:-1]:
+        key = (window_bits, piece)
+        segment = _shared_segments.pop(key, None)  # popped and put back: the dict's end is the newest
+        if segment is None:
+            segment = _full_flushed(piece.encode("utf-8"), window_bits)
+            if len(_shared_segments) >= SHARED_SEGMENTS_KEPT:
+                del _shared_segments[next(iter(_shared_segments))]
+        _shared_segments[key] = segment
+        segments.append(segment)
+    segments.append(_full_flushed(pieces[-1].encode("utf-8"), window_bits))
+    return b"".join(segments).removesuffix(DEFLATE_TRAILER)
 
 
 def _deflate_pool() -> ThreadPoolExecutor:
@@ -90,14 +127,18 @@ def _deflate_pool() -> ThreadPoolExecutor:
 class PerMessageDeflateWriter(WebSocketWriter):
     """aiohttp's writer, with each data message compressed on its own (see the module docstring)."""
 
-    async def send_frame(self, message: bytes, opcode: int, compress: int | None = None) -> None:
+    async def send_frame(self, message: bytes | SplicedText, opcode: int, compress: int | None = None) -> None:
         if opcode >= CONTROL_OPCODE_MIN or not self.compress:
+            if isinstance(message, SplicedText):
+                message = message.encode("utf-8")
             await super().send_frame(message, opcode, compress)
             return
         if self._closing:
             raise ClientConnectionResetError("Cannot write to closing transport")
         async with self._send_lock:  # in order: a small message does not overtake a large one
-            if len(message) < OFF_LOOP_MIN_BYTES:
+            if isinstance(message, SplicedText):  # only the head and tail are new: on the loop
+                data = deflate_spliced(message, self.compress)
+            elif len(message) < OFF_LOOP_MIN_BYTES:
                 data = deflate_on_loop(message, self.compress)  # nothing between compress and flush
             else:
                 data = await asyncio.get_running_loop().run_in_executor(
@@ -132,6 +173,13 @@ class PerMessageDeflateWriter(WebSocketWriter):
 
 class StatelessDeflateResponse(web.WebSocketResponse):
     """A WebSocketResponse that negotiates permessage-deflate with server_no_context_takeover."""
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        """aiohttp's, except that a `SplicedText` reaches the writer whole, with its pieces."""
+        if isinstance(data, SplicedText) and isinstance(self._writer, PerMessageDeflateWriter):
+            await self._writer.send_frame(data, WSMsgType.TEXT, compress)
+            return
+        await super().send_str(data, compress)
 
     def _handshake(self, request: BaseRequest) -> tuple[CIMultiDict[str], str | None, int, bool]:
         headers, protocol, window_bits, _ = super()._handshake(request)

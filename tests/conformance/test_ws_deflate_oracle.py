@@ -1,8 +1,9 @@
 """The validators' websocket library (python `websockets`, as compute-horde 0.0.27 pins it, in
 .venv-oracle) reads what the miner's permessage-deflate without server context takeover writes
 (miner_agent/server/ws_deflate.py): it accepts the negotiated extension, and every message, small,
-a busy decline's size, one large enough to be compressed off the loop, and the same text twice,
-arrives whole and in order, also when sent back to back on one socket. aiohttp's client is checked the same way (the
+a busy decline's size, one large enough to be compressed off the loop, the same text twice, and
+busy declines built from shared pieces (each piece compressed on its own, the recurring ones
+reused), arrives whole and in order, also when sent back to back on one socket. aiohttp's client is checked the same way (the
 benches and the self-test use it)."""
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from horde_protocol.enums import JobRejectionReason
+from horde_protocol.messages import V0DeclineJobRequest
+from miner_agent.jobs.decline import SplicedText, decline_json
 from miner_agent.server.ws_deflate import OFF_LOOP_MIN_BYTES, StatelessDeflateResponse
 from tests.conformance.test_oracle import ORACLE_PYTHON
 from tests.fixtures.httpserver import start_server
@@ -52,7 +56,17 @@ def _messages() -> list[str]:
     texts = ["".join(rnd.choices(alphabet, k=n)) for n in SIZES]
     # The same text again: with the compressor's context kept it would be a back-reference into the
     # previous message, which the client (a fresh decoder per message) could not resolve.
-    return [*texts, texts[2], texts[2]]
+    return [*texts, texts[2], texts[2], *_spliced_declines(rnd, alphabet)]
+
+
+def _spliced_declines(rnd: random.Random, alphabet: str) -> list[str]:
+    """Three busy declines as a burst sends them: each with the previous one's excuses and more."""
+    lines = ['{"r":"' + "".join(rnd.choices(alphabet.replace('"', ""), k=640)) + '"}' for _ in range(70)]
+    decline = V0DeclineJobRequest(job_uuid="7b3e2a0c-4a55-4c1e-9d0e-0d4c8f1b2a6e", reason=JobRejectionReason.BUSY,
+                                  message="all executors of the class are busy")
+    declines = [decline_json(decline, lines[:n]) for n in (40, 41, 70)]
+    assert all(isinstance(d, SplicedText) and len(d.pieces) > 3 for d in declines)
+    return declines
 
 
 @contextlib.asynccontextmanager

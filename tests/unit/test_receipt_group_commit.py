@@ -18,7 +18,7 @@ from horde_protocol.messages import V0DeclineJobRequest
 from horde_protocol.receipts import JobStartedReceiptPayload, receipt_blob
 from horde_protocol.signing import sign_blob
 from miner_agent.db import open_db
-from miner_agent.jobs.service import decline_json
+from miner_agent.jobs.decline import decline_json
 from miner_agent.keys import Signer
 from miner_agent.receipts.receipt_store import ReceiptStore, page_of
 

@@ -1,0 +1,97 @@
+"""Busy declines built from recurring pieces (miner_agent/jobs/decline.py) and compressed piece by
+piece (ws_deflate.deflate_spliced): the text is pydantic's, a decline in a burst compresses only
+what is new in it, and what a decoder reads is the text."""
+
+from __future__ import annotations
+
+import random
+import string
+import zlib
+
+import pytest
+
+from horde_protocol.enums import JobRejectionReason
+from horde_protocol.messages import V0DeclineJobRequest
+from horde_protocol.receipts import Receipt, receipt_blob
+from horde_protocol.signing import sign_blob
+from miner_agent.jobs import decline as decline_mod
+from miner_agent.jobs.decline import SplicedText, decline_json, excuse_blocks
+from miner_agent.server import ws_deflate
+from miner_agent.server.ws_deflate import DEFLATE_TRAILER, deflate_spliced
+from tests.unit.test_receipt_group_commit import MINER, _started
+
+DECLINE = V0DeclineJobRequest(job_uuid="0c1f5a1e-3b7d-4d8e-9a55-2f4f8e6b7c10", reason=JobRejectionReason.BUSY,
+                              message="all executors of the class are busy")
+
+
+def _lines(n: int, seed: int = 14) -> list[str]:
+    rnd = random.Random(seed)
+    return ['{"x":"' + "".join(rnd.choices(string.hexdigits, k=600)) + '"}' for _ in range(n)]
+
+
+def _inflate(data: bytes, window_bits: int = 15) -> str:
+    """As a permessage-deflate receiver does (RFC 7692 §7.2.2): the trailer back on, a fresh decoder."""
+    return zlib.decompressobj(-window_bits).decompress(data + DEFLATE_TRAILER).decode()
+
+
+def test_the_spliced_decline_is_the_text_pydantic_writes() -> None:
+    lines = _lines(60)
+    text = decline_json(DECLINE, lines)
+    assert isinstance(text, SplicedText) and "".join(text.pieces) == text
+    # pydantic, given the same receipts: the lines here are not receipts, so compare the structure
+    expected = DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
+    assert text == expected
+    assert len(text.pieces) >= 3 and text.pieces[0].endswith(lines[0])
+
+
+def test_a_real_receipt_list_round_trips_through_pydantic() -> None:
+    receipts = []
+    for _ in range(20):
+        payload, signature = _started()
+        receipts.append(Receipt(payload=payload, validator_signature=signature,
+                                miner_signature=sign_blob(MINER, receipt_blob(payload))))
+    text = decline_json(DECLINE, [r.model_dump_json() for r in receipts])
+    assert text == DECLINE.model_copy(update={"receipts": receipts}).model_dump_json()
+    assert V0DeclineJobRequest.model_validate_json(text).receipts == receipts
+
+
+def test_blocks_do_not_move_when_a_line_leaves_the_front_or_the_middle() -> None:
+    lines = _lines(200)
+    blocks, _ = excuse_blocks(lines)
+    assert len(blocks) >= 10
+    without_front, _ = excuse_blocks(lines[1:])
+    without_middle, _ = excuse_blocks(lines[:100] + lines[101:])
+    # all but the block that held the line (and, after a forced cut at the maximum, its neighbour)
+    assert len(set(blocks) - set(without_front)) <= 2
+    assert len(set(blocks) - set(without_middle)) <= 2
+    assert all(len(b.split('"},{')) <= decline_mod.EXCUSE_BLOCK_MAX_LINES for b in blocks)
+
+
+@pytest.mark.parametrize("window_bits", [15, 9])
+def test_a_burst_of_declines_compresses_each_shared_block_once_and_decodes_whole(
+        monkeypatch: pytest.MonkeyPatch, window_bits: int) -> None:
+    monkeypatch.setattr(ws_deflate, "_shared_segments", {})
+    compressed: list[int] = []
+    real = ws_deflate._full_flushed
+    monkeypatch.setattr(ws_deflate, "_full_flushed", lambda data, wb: compressed.append(len(data)) or real(data, wb))
+    lines = _lines(120)
+    fresh = whole = 0
+    for n in range(2, 121):
+        text = decline_json(DECLINE, lines[:n])
+        compressed.clear()
+        assert _inflate(deflate_spliced(text, window_bits), window_bits) == text
+        if n > 60:  # the earlier blocks all came before: the head, the tail and at most one new block
+            assert len(compressed) <= 3
+            assert compressed[-1] <= (decline_mod.EXCUSE_BLOCK_MAX_LINES + 1) * len(lines[0])
+            fresh, whole = fresh + sum(compressed), whole + len(text)
+    assert fresh < whole / 5  # where the cuts fall depends on the process's string hashes
+    assert len(ws_deflate._shared_segments) == len(excuse_blocks(lines[1:])[0])
+
+
+def test_the_kept_segments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_deflate, "_shared_segments", {})
+    monkeypatch.setattr(ws_deflate, "SHARED_SEGMENTS_KEPT", 5)
+    for seed in range(10):
+        text = decline_json(DECLINE, _lines(80, seed))
+        assert _inflate(deflate_spliced(text, 15)) == text
+    assert len(ws_deflate._shared_segments) == 5
