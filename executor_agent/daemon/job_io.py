@@ -3,6 +3,9 @@
 Kept out of the lifecycle (`job.py`) so it reads as stages and messages; what fails here
 is the job's fault with the stock texts (`download_failed`, `upload_failed`), anything
 else propagates as ours.
+
+The downloaders and the uploader are imported with the first job that needs them: they bring
+aiohttp (~13 MiB resident), which an idle agent has no use for (issue 14: idle RSS < 60 MiB).
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ from executor_agent.daemon.failures import HordeFailure, JobFailure
 from executor_agent.daemon.job_container import ContainerResult
 from executor_agent.daemon.jobdirs import JobDirs, chmod_tree
 from executor_agent.executor_config import AgentConfig
-from executor_agent.inputs.volume_fetch import VolumeError, fetch_volume, job_volume_limits
 from executor_agent.outputs import collect as outputs
-from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
 from horde_protocol.enums import HordeFailureReason, JobFailureReason
 from horde_protocol.messages import V0InitialJobRequest, V0JobRequest
 
@@ -35,6 +36,8 @@ async def fetch_inputs(initial: V0InitialJobRequest, request: V0JobRequest, dirs
     volume = request.volume if request.volume is not None else initial.volume
     if volume is None:
         return
+    from executor_agent.inputs.volume_fetch import VolumeError, fetch_volume, job_volume_limits
+
     try:
         limits = job_volume_limits(config.egress.policy, disk_limit_mib=config.container.disk_limit_mib)
         await fetch_volume(volume, dirs.volume, limits)
@@ -64,6 +67,8 @@ async def deliver_outputs(request: V0JobRequest, result: ContainerResult, dirs: 
         artifacts = await asyncio.to_thread(outputs.collect_artifacts, dirs.artifacts, request.artifacts_dir)
     upload_results: dict[str, str] = {}
     if request.output_upload is not None:
+        from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
+
         try:
             upload_limits = UploadLimits(egress=config.egress.policy)
             upload_results = await upload_outputs(request.output_upload, dirs.output, upload_limits)

@@ -10,6 +10,12 @@ same filesystems; these samples name the two paths that matter and the GC thresh
 The listener is loopback by default and separate from the miner link (a unix socket); a port
 already in use is logged and the agent goes on serving jobs. Prometheus then shows the target down,
 which the `ExecutorMetricsDown` rule reports (packaging/prometheus/).
+
+It is a few lines of asyncio rather than aiohttp.web: one GET a scrape, answered and closed, is all
+Prometheus asks, and an idle agent then need not import aiohttp at all (~13 MiB resident, issue 14:
+aiohttp is loaded with the first job's download or upload). What a peer can make it hold is
+bounded: `MAX_REQUEST_HEAD_BYTES` of request, `REQUEST_TIMEOUT_S` to send it, `MAX_SCRAPES`
+connections at once (more are closed unanswered).
 """
 
 from __future__ import annotations
@@ -21,8 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 from agent_common.prom_text import Gauge, Labels, render
 from executor_agent.container.engine import EngineError
 from executor_agent.container.podman_engine import Podman
@@ -32,7 +36,9 @@ from executor_agent.imagegc import GcStats
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT_S = 1.0  # a scrape in flight at stop gets this long
+MAX_REQUEST_HEAD_BYTES = 8 * 1024  # a scrape's request line and headers are ~200 bytes
+REQUEST_TIMEOUT_S = 10.0  # Prometheus's default scrape_timeout: longer is not a scrape
+MAX_SCRAPES = 8  # connections served at once; Prometheus keeps one per target and scrape
 
 
 @dataclass(frozen=True)
@@ -139,28 +145,55 @@ class MetricsEndpoint:
     def __init__(self, metrics: ExecutorMetrics, host: str, port: int) -> None:
         self.metrics, self.host, self.port = metrics, host, port
         self.bound_port: int | None = None  # set once listening (port 0 picks one)
+        self._open: set[asyncio.StreamWriter] = set()  # connections being served
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        return web.Response(text=await self.metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if len(self._open) >= MAX_SCRAPES:
+                return
+            self._open.add(writer)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+                writer.write(await self._answer(head))
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                pass  # not a scrape, or gone: nothing to answer
+            finally:
+                self._open.discard(writer)
+        finally:
+            writer.close()
+
+    async def _answer(self, head: bytes) -> bytes:
+        method, _, rest = head.partition(b" ")
+        target = rest.partition(b" ")[0].partition(b"?")[0]
+        if target != b"/metrics":
+            return _response(b"404 Not Found", b"only /metrics is served here\n")
+        if method not in (b"GET", b"HEAD"):
+            return _response(b"405 Method Not Allowed", b"GET /metrics\n", b"Allow: GET, HEAD\r\n")
+        body = (await self.metrics.render()).encode("utf-8")
+        return _response(b"200 OK", body, head_only=method == b"HEAD")
 
     async def run(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                log.error("metrics not served host=%s port=%d error=%r; jobs go on. Free the port or set "
-                          "[metrics] port (or enabled = false) in executor-agent.toml", self.host, self.port,
-                          exc.strerror or str(exc))
-                return
-            server = getattr(site, "_server", None)
-            self.bound_port = server.sockets[0].getsockname()[1] if server and server.sockets else self.port
+            server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_REQUEST_HEAD_BYTES)
+        except OSError as exc:
+            log.error("metrics not served host=%s port=%d error=%r; jobs go on. Free the port or set "
+                      "[metrics] port (or enabled = false) in executor-agent.toml", self.host, self.port,
+                      exc.strerror or str(exc))
+            return
+        try:
+            self.bound_port = server.sockets[0].getsockname()[1] if server.sockets else self.port
             log.info("metrics listening host=%s port=%d", self.host, self.bound_port)
             await asyncio.Event().wait()  # until the services stop cancel us
         finally:
-            await runner.cleanup()
+            server.close()
+            for writer in list(self._open):  # a scrape still reading ends now, not cancelled at loop close
+                writer.close()
+
+
+def _response(status: bytes, body: bytes, extra_headers: bytes = b"", head_only: bool = False) -> bytes:
+    """An HTTP/1.1 answer that closes the connection: Prometheus opens one per scrape anyway."""
+    headers = (b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+               b"X-Content-Type-Options: nosniff\r\nContent-Length: " + str(len(body)).encode() +
+               b"\r\nConnection: close\r\n" + extra_headers + b"\r\n")
+    return headers if head_only else headers + body

@@ -23,7 +23,8 @@ from yarl import URL
 
 from executor_agent.inputs.volume_budget import VolumeBudget, VolumeBudgetExceeded
 from executor_agent.inputs.volume_limits import VolumeError, VolumeLimits
-from executor_agent.net.egress import EgressRefused, guarded_session
+from executor_agent.net.egress import EgressRefused
+from executor_agent.net.egress_http import guarded_session
 
 log = logging.getLogger(__name__)
 

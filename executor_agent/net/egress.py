@@ -19,6 +19,8 @@ this host reaches the same services as loopback). The operator's allowlist (`[eg
 executor-agent.toml) opens exceptions; see `EgressPolicy.from_entries` for its entry forms.
 
 A refusal is `EgressRefused`; the downloaders and the uploader turn it into their job-fault errors.
+The aiohttp side (the resolver, the middleware, the session) is egress_http.py, so that what only
+checks addresses (the config, the registry check) does not load aiohttp.
 """
 
 from __future__ import annotations
@@ -32,10 +34,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ _FIB_LOCAL_ROUTE = "/32 host LOCAL"
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")  # an allowlist host name, lowercased
 _INET_ATON_CHARS = re.compile(r"[0-9a-fA-FxX.]+")  # what a legacy numeric IPv4 host can be made of
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Special-purpose ranges (IANA registries), most specific reason first. Anything they miss that
 # Python does not consider global is still refused, as "not a public address".
@@ -285,70 +283,10 @@ class EgressPolicy:
 PUBLIC_ONLY = EgressPolicy()  # no exceptions: the default for every job
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves with getaddrinfo (honours /etc/hosts and nsswitch like the rest of the system) and
-    returns only the addresses the policy lets a job reach; none left is an EgressRefused."""
-
-    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
-        self._policy = policy
-        self._inner = inner if inner is not None else aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if self._policy.allows_name(host, port):
-            return results
-        kept: list[ResolveResult] = []
-        refused: list[EgressRefused] = []
-        for result in results:
-            try:
-                self._policy.check_address(ipaddress.ip_address(result["host"]), port, host)
-            except EgressRefused as exc:
-                refused.append(exc)
-            else:
-                kept.append(result)
-        if refused and not kept:
-            raise refused[0]
-        if refused:
-            log.warning("event=egress_addresses_dropped host=%s port=%d dropped=%s", host, port,
-                        ",".join(str(exc.address) for exc in refused))
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def _literal_host_guard(policy: EgressPolicy) -> aiohttp.ClientMiddlewareType:
-    """A client middleware: aiohttp calls it for each request and each redirect hop."""
-
-    async def guard(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-        url = request.url
-        host = url.raw_host or ""
-        address = literal_address(host)
-        if address is not None:
-            policy.check_address(address, url.port or _DEFAULT_PORTS.get(url.scheme, 0), host)
-        return await handler(request)
-
-    return guard
-
-
-def guarded_session(policy: EgressPolicy, **session_kwargs: Any) -> aiohttp.ClientSession:
-    """A ClientSession whose every connection, redirects included, passes `policy`.
-
-    Proxies from the environment are off (`trust_env=False`): a proxy would resolve and connect
-    on our behalf, out of the guard's sight."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy))
-    return aiohttp.ClientSession(
-        connector=connector, middlewares=(_literal_host_guard(policy),), trust_env=False, **session_kwargs
-    )
-
-
 __all__ = [
     "PUBLIC_ONLY",
     "EgressPolicy",
     "EgressRefused",
-    "GuardedResolver",
-    "guarded_session",
     "host_addresses",
     "literal_address",
     "refusal_reason",

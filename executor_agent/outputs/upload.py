@@ -31,7 +31,8 @@ import aiohttp
 
 from executor_agent.fs.blocking import run_cancellable
 from executor_agent.fs.safepath import UnsafePathError, open_regular_file, split_relative_path
-from executor_agent.net.egress import PUBLIC_ONLY, EgressPolicy, EgressRefused, guarded_session
+from executor_agent.net.egress import PUBLIC_ONLY, EgressPolicy, EgressRefused
+from executor_agent.net.egress_http import guarded_session
 from executor_agent.outputs.outzip import OutputZipError, list_output_files, write_output_zip
 from horde_protocol.uploads import (
     OUTPUT_UPLOAD_MAX_SIZE_BYTES,

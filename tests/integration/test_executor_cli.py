@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -84,3 +85,39 @@ async def test_bad_config_is_one_line(tmp_path) -> None:
     for command in ("doctor", "specs", "preload", "serve"):
         code, _, err = await _cli(command, "--config", str(bad))
         assert code == 2 and "slots" in err and "Traceback" not in err, (command, err)
+
+
+_SERVE_AND_DUMP_MODULES = """
+import atexit, json, sys
+atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
+from executor_agent.cli import main
+sys.exit(main(["serve", "--config", sys.argv[2]]))
+"""
+
+
+async def test_an_idle_agent_serves_metrics_without_loading_aiohttp(tmp_path, podman_socket) -> None:
+    """`executor-agent serve`, started, scraped and stopped: aiohttp (~13 MiB resident) comes with the
+    first job's download or upload, not before (issue 14: idle RSS < 60 MiB)."""
+    import aiohttp  # the scraper's, in this process
+
+    cfg = _config(tmp_path, podman_socket, "[metrics]\nport = 0\n")  # any free port; the log names it
+    dump = tmp_path / "modules.json"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _SERVE_AND_DUMP_MODULES, str(dump), str(cfg),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen: list[str] = []
+    try:
+        while not (port := re.search(r"metrics listening host=127\.0\.0\.1 port=(\d+)", "".join(seen))):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(seen)
+            seen.append(line)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port[1]}/metrics") as r:
+            assert r.status == 200 and "# TYPE executor_agent_start_time_seconds gauge" in await r.text()
+        proc.terminate()
+        seen.append((await asyncio.wait_for(proc.communicate(), 30))[0].decode())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, "".join(seen)
+    loaded = {name.split(".")[0] for name in json.loads(dump.read_text())}
+    assert "podman" in loaded and "aiohttp" not in loaded, "".join(seen)

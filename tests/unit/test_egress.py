@@ -20,11 +20,11 @@ from executor_agent.inputs.volume_limits import JOB_VOLUME_MAX_BYTES, job_volume
 from executor_agent.net.egress import (
     EgressPolicy,
     EgressRefused,
-    GuardedResolver,
     host_addresses,
     literal_address,
     refusal_reason,
 )
+from executor_agent.net.egress_http import GuardedResolver
 from executor_agent.outputs.upload import UploadError, UploadLimits, upload_outputs
 from horde_protocol.uploads import SingleFilePutUpload, ZipAndHttpPostUpload
 from horde_protocol.volumes import HuggingfaceVolume, SingleFileVolume, ZipUrlVolume

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
 # Top-level packages an agent in the plain mode must not import.
 NOT_FOR_A_LOCAL_STATIC_MINER = {"asyncssh", "bittensor", "web3", "eth_account", "podman", "cryptography"}
+# aiohttp: an idle agent serves /metrics with asyncio alone; the downloaders and the uploader load it per job.
 NOT_FOR_AN_EXECUTOR_AGENT = {"asyncssh", "bittensor", "bittensor_wallet", "web3", "eth_account", "cryptography",
-                             "miner_agent"}
+                             "miner_agent", "aiohttp"}
 
 # Runs the CLI in-process and writes sys.modules when the daemon has exited (SIGTERM's clean stop).
 _DUMP_ON_EXIT = """
