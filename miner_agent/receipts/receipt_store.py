@@ -11,6 +11,7 @@ The file writes themselves, grouped when offers come in bursts, are `PageWriter`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -74,6 +75,9 @@ class ReceiptStore:
     # The longest ttl_s of a stored organic JobStarted receipt (None: not read from SQLite yet); it only
     # grows, so pruning old receipts leaves it an upper bound, which is all `_excuses_args` needs.
     _longest_ttl_s: float | None = field(default=None, init=False)
+    # Rows waiting for this turn of the loop's transaction, each with the future its offer awaits.
+    _queued_rows: list[tuple[Receipt, asyncio.Future[tuple[int, str] | None]]] = field(
+        default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.pages_dir.mkdir(parents=True, exist_ok=True)
@@ -97,15 +101,43 @@ class ReceiptStore:
 
     async def accept_durable(self, payload: ReceiptPayload, validator_signature: str, validator_hotkey: str) -> Receipt:
         """`accept` for the event loop: returns once the receipt's page is durable, as `accept`
-        does, but the page write is grouped with other offers' and runs off the loop."""
+        does, but grouped with the other offers of a burst: the rows that arrive in one turn of the
+        loop share one transaction (`_insert_soon`), and the page writes run off the loop."""
         receipt = self._countersigned(payload, validator_signature, validator_hotkey)
-        stored = self._insert(receipt)
+        stored = await self._insert_soon(receipt)
         if stored is not None:
             page, line = stored
             error = await self.writer.append(page, line)
             if error is not None:
                 self._append_failed(page, receipt, error)
         return receipt
+
+    def _insert_soon(self, receipt: Receipt) -> asyncio.Future[tuple[int, str] | None]:
+        """`_insert`'s answer, once the rows queued in this turn of the loop are committed together
+        (one transaction for a burst's rows: ~half the cost of a commit each)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int, str] | None] = loop.create_future()
+        self._queued_rows.append((receipt, answer))
+        if len(self._queued_rows) == 1:
+            loop.call_soon(self._insert_queued)
+        return answer
+
+    def _insert_queued(self) -> None:
+        batch, self._queued_rows = self._queued_rows, []
+        try:
+            stored = self._insert_all([receipt for receipt, _ in batch])
+        except BaseException as exc:  # a full disk: every offer of the batch declines, nothing stored
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (receipt, answer), row in zip(batch, stored, strict=True):
+            if not answer.done():
+                answer.set_result(row)
+            elif row is not None:  # its offer was cancelled: the row is in, its line reaches the page by repair
+                self.stale_pages.add(row[0])
 
     def _countersigned(self, payload: ReceiptPayload, validator_signature: str, validator_hotkey: str) -> Receipt:
         if payload.miner_hotkey != self.signer.hotkey:
@@ -121,31 +153,48 @@ class ReceiptStore:
 
     def _insert(self, receipt: Receipt) -> tuple[int, str] | None:
         """Insert the row (committed on return); (page, line) to publish, None if it was there."""
-        p = receipt.payload
-        started = isinstance(p, JobStartedReceiptPayload)
+        return self._insert_all([receipt])[0]
+
+    def _insert_all(self, receipts: list[Receipt]) -> list[tuple[int, str] | None]:
+        """Insert the rows in one transaction (committed on return, or none of them); for each,
+        (page, line) to publish, or None if it was there."""
         page = page_of(time.time())
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO receipts (receipt_type, job_uuid, validator_hotkey, payload_json,"
-            " validator_signature, miner_signature, timestamp_unix, executor_class, is_organic, ttl_s, page)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                _enum_text(p.receipt_type),
-                str(p.job_uuid),
-                p.validator_hotkey,
-                p.model_dump_json(),
-                receipt.validator_signature,
-                receipt.miner_signature,
-                p.timestamp.timestamp(),
-                _enum_text(p.executor_class) if started else None,
-                int(p.is_organic) if started else None,
-                getattr(p, "ttl", None),
-                page,
-            ),
-        )
-        if not cur.rowcount:
-            return None
+        inserted: list[bool] = []
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for receipt in receipts:
+                p = receipt.payload
+                started = isinstance(p, JobStartedReceiptPayload)
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO receipts (receipt_type, job_uuid, validator_hotkey, payload_json,"
+                    " validator_signature, miner_signature, timestamp_unix, executor_class, is_organic, ttl_s, page)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        _enum_text(p.receipt_type),
+                        str(p.job_uuid),
+                        p.validator_hotkey,
+                        p.model_dump_json(),
+                        receipt.validator_signature,
+                        receipt.miner_signature,
+                        p.timestamp.timestamp(),
+                        _enum_text(p.executor_class) if started else None,
+                        int(p.is_organic) if started else None,
+                        getattr(p, "ttl", None),
+                        page,
+                    ),
+                )
+                inserted.append(bool(cur.rowcount))
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return [self._stored(receipt, page) if new else None for receipt, new in zip(receipts, inserted, strict=True)]
+
+    def _stored(self, receipt: Receipt, page: int) -> tuple[int, str]:
+        """What a committed new row leaves in memory and in the log; its (page, line)."""
+        p = receipt.payload
         line = receipt.model_dump_json()
-        if started and p.is_organic:
+        if isinstance(p, JobStartedReceiptPayload) and p.is_organic:
             self._keep_excuse_line(str(p.job_uuid), line)
             if self._longest_ttl_s is not None:
                 self._longest_ttl_s = max(self._longest_ttl_s, p.ttl)

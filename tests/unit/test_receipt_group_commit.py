@@ -6,11 +6,16 @@ one-at-a-time path gave, byte for byte, and durable before the answer."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
+import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from bittensor_wallet import Keypair
 
 from horde_protocol.enums import JobRejectionReason
@@ -120,9 +125,12 @@ async def test_a_rebuild_leaves_a_page_with_queued_lines_for_later_and_duplicate
     page = page_of(time.time())
     payload, signature = _started()
     task = asyncio.ensure_future(store.accept_durable(payload, signature, VALIDATOR.ss58_address))
-    await asyncio.sleep(0)  # its row is in SQLite, its line queued or being written
+    for _ in range(5):  # a turn for the row's transaction, one for the offer to queue its line
+        await asyncio.sleep(0)
+        if store.writer.busy(page):
+            break
+    assert store.writer.busy(page)  # its row is in SQLite, its line queued or being written
     store.stale_pages.add(page)
-    assert store.writer.busy(page)
     assert store.rebuild_pages(only_stale=True) == 0 and store.stale_pages == {page}
     await task
     lines = _page(store).read_text().splitlines()
@@ -150,3 +158,65 @@ def test_excuses_read_only_recent_rows_yet_keep_an_old_receipt_whose_ttl_still_c
         assert sorted(jobs) == sorted([kept, recent])
         assert [line for line in fresh.excuse_lines(CLASS, at, "none")] == [
             r.model_dump_json() for r in fresh.excuses(CLASS, at, "none")]
+
+
+async def test_a_bursts_rows_share_one_transaction(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    offers = [_started() for _ in range(40)]
+    await asyncio.gather(*(store.accept_durable(p, s, VALIDATOR.ss58_address) for p, s in offers))
+    store.conn.set_trace_callback(None)
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+    assert store.count() == 40 and len(_page(store).read_text().splitlines()) == 40
+
+
+async def test_a_failed_transaction_fails_every_offer_in_it_and_stores_none(tmp_path: Path) -> None:
+    """A real SQLite failure mid-batch (the row's table made read-only by a trigger): every offer of
+    the batch gets the error, as each did alone, and no row or page line of the batch is left."""
+    store = _store(tmp_path)
+    offers = [_started() for _ in range(5)]
+    poisoned = str(offers[3][0].job_uuid)
+    store.conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON receipts WHEN NEW.job_uuid = '{poisoned}'"
+                       " BEGIN SELECT RAISE(ABORT, 'disk full, say'); END")
+    results = await asyncio.gather(*(store.accept_durable(p, s, VALIDATOR.ss58_address) for p, s in offers),
+                                   return_exceptions=True)
+    assert all(isinstance(r, sqlite3.IntegrityError) and "disk full" in str(r) for r in results)
+    assert store.count() == 0 and not _page(store).exists()
+    store.conn.execute("DROP TRIGGER refuse")
+    await store.accept_durable(*offers[0], VALIDATOR.ss58_address)  # the connection is usable again
+    assert store.count() == 1
+
+
+async def test_an_offer_cancelled_before_its_commit_leaves_its_page_to_the_repair(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    payload, signature = _started()
+    task = asyncio.ensure_future(store.accept_durable(payload, signature, VALIDATOR.ss58_address))
+    await asyncio.sleep(0)  # countersigned, its row queued for this turn's transaction
+    task.cancel()
+    await asyncio.sleep(0)
+    assert task.cancelled() and store.count() == 1  # the row went in; its line did not reach the page
+    assert store.stale_pages == {page_of(time.time())}
+    assert store.rebuild_pages(only_stale=True) == 1
+    assert str(payload.job_uuid) in _page(store).read_text()
+
+
+@pytest.mark.parametrize("errno_value", [errno.EXDEV, errno.ENOSYS])
+def test_pages_grow_whole_where_the_kernel_cannot_copy_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             errno_value: int) -> None:
+    """The old bytes of a page are copied by copy_file_range; a filesystem without it (EXDEV across
+    mounts, ENOSYS on old kernels) gets the same file by read and write."""
+    store = _store(tmp_path)
+    first = [_started() for _ in range(3)]
+    for payload, signature in first:
+        store.accept(payload, signature, VALIDATOR.ss58_address)
+
+    def refuse(*_: object) -> int:
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    payload, signature = _started()
+    store.accept(payload, signature, VALIDATOR.ss58_address)
+    lines = _page(store).read_text().splitlines()
+    expected = [str(p.job_uuid) for p, _ in first] + [str(payload.job_uuid)]
+    assert [json.loads(line)["payload"]["job_uuid"] for line in lines] == expected
