@@ -15,6 +15,7 @@ the file only ever grows by whole lines.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_common.private import private_open
+
+COPY_CHUNK_BYTES = 1024 * 1024  # the hand copy's read size, where copy_file_range is not there
+
+
+def _copy_all(src: int, dst: int) -> None:
+    """All of `src` onto the end of `dst` (both at offset 0 and the end of what was copied)."""
+    size = os.fstat(src).st_size
+    try:
+        while size > 0 and (n := os.copy_file_range(src, dst, size)) > 0:
+            size -= n
+        if size <= 0:
+            return
+    except OSError as exc:  # a filesystem or kernel without it (EXDEV, ENOSYS, EINVAL): copy by hand
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while chunk := os.read(src, COPY_CHUNK_BYTES):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
 
 
 @dataclass
@@ -55,8 +75,7 @@ class PageWriter:
         """Append whole lines to a page and make it durable before returning; raises OSError."""
         with self._lock:
             path = self.path(page)
-            old = path.read_bytes() if path.exists() else b""
-            self._replace(path, old + "".join(line + "\n" for line in lines).encode())
+            self._replace(path, "".join(line + "\n" for line in lines).encode(), keep=path)
 
     def replace_now(self, page: int, lines: list[str]) -> None:
         """Rewrite a page with exactly `lines` (a rebuild from the database); raises OSError."""
@@ -64,9 +83,22 @@ class PageWriter:
             self._replace(self.path(page), "".join(line + "\n" for line in lines).encode())
 
     @staticmethod
-    def _replace(path: Path, data: bytes) -> None:
+    def _replace(path: Path, data: bytes, keep: Path | None = None) -> None:
+        """`path` becomes the bytes of `keep` (if it exists) followed by `data`, durably. The old
+        bytes are copied by the kernel (copy_file_range), not through Python: the worker thread
+        then holds the GIL for almost nothing while the event loop answers a burst of offers."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with private_open(tmp) as fh:
+            if keep is not None:
+                try:
+                    src = os.open(keep, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    pass
+                else:
+                    try:
+                        _copy_all(src, fh.fileno())
+                    finally:
+                        os.close(src)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
