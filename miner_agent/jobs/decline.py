@@ -31,26 +31,33 @@ _EMPTY_RECEIPTS = '"receipts":[]'
 
 
 class SplicedText(str):
-    """A message text that also keeps the pieces it was joined from: `pieces[0]` and `pieces[-1]`
-    belong to this message alone; every piece between them recurs in other messages as it is."""
+    """A message text that also keeps how it was put together: `head` and `tail` belong to this
+    message alone; each of `blocks` (excuse lines, each written with a leading comma) recurs in
+    other messages as it is. head + the blocks + tail is the text."""
 
-    pieces: tuple[str, ...]
+    head: str
+    blocks: tuple[tuple[str, ...], ...]
+    tail: str
 
-    def __new__(cls, pieces: Sequence[str]) -> SplicedText:
-        text = super().__new__(cls, "".join(pieces))
-        text.pieces = tuple(pieces)
-        return text
+    def __new__(cls, text: str, head: str, blocks: tuple[tuple[str, ...], ...], tail: str) -> SplicedText:
+        spliced = super().__new__(cls, text)
+        spliced.head, spliced.blocks, spliced.tail = head, blocks, tail
+        return spliced
+
+    def block_text(self, block: tuple[str, ...]) -> str:
+        return "," + ",".join(block)
 
 
-def excuse_blocks(lines: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`lines` cut into whole blocks, each `","` + the comma-joined lines, and the lines after the
-    last block's end. The cut after a line depends only on that line and on the lines since the
-    previous cut, never on the position in the list."""
-    blocks: list[str] = []
+def excuse_blocks(lines: Sequence[str]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """`lines` cut into whole blocks, and the lines after the last block's end. The cut after a
+    line depends only on that line and on the lines since the previous cut, never on the position
+    in the list. The blocks are tuples of the same line objects, so that finding a block again
+    (ws_deflate's cache) hashes a few cached string hashes, not kilobytes of text."""
+    blocks: list[tuple[str, ...]] = []
     start = 0
     for i, line in enumerate(lines):
         if hash(line) % EXCUSE_BLOCK_MEAN_LINES == 0 or i + 1 - start >= EXCUSE_BLOCK_MAX_LINES:
-            blocks.append("," + ",".join(lines[start:i + 1]))
+            blocks.append(tuple(lines[start:i + 1]))
             start = i + 1
     return blocks, list(lines[start:])
 
@@ -71,7 +78,8 @@ def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> 
         receipts = [Receipt.model_validate_json(line) for line in receipt_lines]
         return decline.model_copy(update={"receipts": [*decline.receipts, *receipts]}).model_dump_json()
     before, after = text.split(_EMPTY_RECEIPTS)
-    blocks, rest = excuse_blocks(receipt_lines[1:])
     head = before + '"receipts":[' + receipt_lines[0]
+    blocks, rest = excuse_blocks(receipt_lines[1:])
     tail = "".join("," + line for line in rest) + "]" + after
-    return SplicedText([head, *blocks, tail])
+    whole = before + '"receipts":[' + ",".join(receipt_lines) + "]" + after
+    return SplicedText(whole, head, tuple(blocks), tail)

@@ -59,14 +59,17 @@ MEM_LEVEL = 8  # zlib's default; smaller levels measured slower on decline JSON 
 # 440 ms against 180 ms on the loop). Compressing 256 KiB of JSON takes ~2 ms, the most the loop gives up.
 OFF_LOOP_MIN_BYTES = 256 * 1024
 DEFLATE_THREADS = 1  # one core for the loop, one for compression on a 2-core host
-# Compressed recurring pieces kept, newest use last: a burst of 100 declines needs ~13 blocks of
-# 8 excuses (~2.5 KB each compressed), so 512 (at most ~10 MB with 32-line blocks, ~1.3 MB typical)
-# outlast any burst while old receipts' blocks age out.
+# Compressed recurring blocks kept, newest use last: a burst of 100 declines needs ~13 blocks of
+# 8 excuses (~2.5 KB each compressed), so 512 outlast any burst while old receipts' blocks age out.
+# They hold ~1.3 MB of segments (at most ~10 MB with 32-line blocks) and keep their lines alive:
+# mostly the same strings as ReceiptStore's EXCUSE_LINES_KEPT (~3 MB).
 SHARED_SEGMENTS_KEPT = 512
 
 _pool: ThreadPoolExecutor | None = None
 _loop_compressors = threading.local()  # window bits -> the compressor messages on this thread share
-_shared_segments: dict[tuple[int, str], bytes] = {}  # (window bits, piece) -> its compressed bytes
+# (window bits, a block's lines) -> its compressed bytes. Keyed by the line objects, not the block's
+# text: hashing and comparing kilobytes per block per decline cost more than compressing them.
+_shared_segments: dict[tuple[int, tuple[str, ...]], bytes] = {}
 
 
 def deflate_message(payload: bytes, window_bits: int) -> bytes:
@@ -99,22 +102,22 @@ def deflate_on_loop(payload: bytes, window_bits: int) -> bytes:
     return _full_flushed(payload, window_bits).removesuffix(DEFLATE_TRAILER)
 
 
-def deflate_spliced(text: SplicedText, window_bits: int) -> bytes:
-    """The compressed message of `text`: its pieces' segments side by side, the recurring ones
-    from `_shared_segments`, and the last segment's trailer removed (RFC 7692 §7.2.1)."""
-    pieces = text.pieces
-    segments = [_full_flushed(pieces[0].encode("utf-8"), window_bits)]
-    for piece in pieces[1:-1]:
-        key = (window_bits, piece)
+def deflate_spliced(text: SplicedText, window_bits: int) -> list[bytes]:
+    """The compressed message of `text`, as segments to be sent one after another: the head's,
+    each block's (from `_shared_segments` when it was compressed before), and the tail's, with the
+    message's trailer removed (RFC 7692 §7.2.1)."""
+    segments = [_full_flushed(text.head.encode("utf-8"), window_bits)]
+    for block in text.blocks:
+        key = (window_bits, block)
         segment = _shared_segments.pop(key, None)  # popped and put back: the dict's end is the newest
         if segment is None:
-            segment = _full_flushed(piece.encode("utf-8"), window_bits)
+            segment = _full_flushed(text.block_text(block).encode("utf-8"), window_bits)
             if len(_shared_segments) >= SHARED_SEGMENTS_KEPT:
                 del _shared_segments[next(iter(_shared_segments))]
         _shared_segments[key] = segment
         segments.append(segment)
-    segments.append(_full_flushed(pieces[-1].encode("utf-8"), window_bits))
-    return b"".join(segments).removesuffix(DEFLATE_TRAILER)
+    segments.append(_full_flushed(text.tail.encode("utf-8"), window_bits)[:-len(DEFLATE_TRAILER)])
+    return segments
 
 
 def _deflate_pool() -> ThreadPoolExecutor:
@@ -136,6 +139,7 @@ class PerMessageDeflateWriter(WebSocketWriter):
         if self._closing:
             raise ClientConnectionResetError("Cannot write to closing transport")
         async with self._send_lock:  # in order: a small message does not overtake a large one
+            data: bytes | list[bytes]
             if isinstance(message, SplicedText):  # only the head and tail are new: on the loop
                 data = deflate_spliced(message, self.compress)
             elif len(message) < OFF_LOOP_MIN_BYTES:
@@ -150,14 +154,16 @@ class PerMessageDeflateWriter(WebSocketWriter):
             if self.protocol._paused:
                 await self.protocol._drain_helper()
 
-    def _write_websocket_frame(self, message: bytes, opcode: int, rsv: int) -> None:
+    def _write_websocket_frame(self, message: bytes | list[bytes], opcode: int, rsv: int) -> None:
         """aiohttp's frame, in one transport write: it writes a large frame's header and payload
         apart, which uvloop sends as two send() calls and two segments (TCP_NODELAY); the copy of a
-        20 KB compressed decline costs far less than the second system call."""
+        20 KB compressed decline costs far less than the second system call. `message` may come as
+        the segments of a spliced decline, joined here with the header in one copy."""
+        parts = message if isinstance(message, list) else [message]
         if self.use_mask:  # a client's frame; the miner only serves
-            super()._write_websocket_frame(message, opcode, rsv)
+            super()._write_websocket_frame(b"".join(parts), opcode, rsv)
             return
-        length = len(message)
+        length = sum(len(part) for part in parts)
         first = 0x80 | rsv | opcode  # FIN, then RSV1 when compressed, then the opcode (RFC 6455 §5.2)
         if length < 126:
             header = struct.pack("!BB", first, length)
@@ -167,7 +173,7 @@ class PerMessageDeflateWriter(WebSocketWriter):
             header = struct.pack("!BBQ", first, 127, length)
         if self.transport.is_closing():
             raise ClientConnectionResetError("Cannot write to closing transport")
-        self.transport.write(header + message)
+        self.transport.write(b"".join([header, *parts]))
         self._output_size += len(header) + length
 
 
