@@ -21,16 +21,22 @@ from pathlib import Path
 
 from horde_protocol.receipts import JobStartedReceiptPayload, Receipt, ReceiptPayload, receipt_blob
 from miner_agent.keys import Signer, verify
+from miner_agent.receipts.excuse_index import ExcuseIndex, IndexedExcuse
 from miner_agent.receipts.page_writer import PageWriter
 
 log = logging.getLogger(__name__)
 
 PAGE_TIME_S = 300  # stock PAGE_TIME: one page per 5 minutes of the miner's clock
 EXCUSE_GRACE_S = 0  # validators add their own 2 s; we hand over what is valid at the offer's timestamp
-# Page lines of organic JobStarted receipts kept in memory, newest last: every busy decline in a burst
-# hands over most of the same receipts, and re-reading each from SQLite per decline grew as n².
-# At ~700 bytes a line this is at most ~3 MiB; a miss reads the row, as before.
+# Organic JobStarted receipts kept in memory with their page lines (excuse_index.py): every busy
+# decline in a burst hands over most of the same receipts, and reading them from SQLite per decline
+# grew as n². At ~700 bytes a line this is at most ~3 MiB; a question the index cannot answer goes
+# to SQLite, as before.
 EXCUSE_LINES_KEPT = 4096
+# The index starts with the rows this much older than the longest ttl allows a decline to use now:
+# an offer whose receipt is stamped a little in the past (a validator's clock behind ours) is
+# still answered from memory.
+EXCUSE_INDEX_MARGIN_S = 60.0
 
 
 def page_of(unix_time: float) -> int:
@@ -55,6 +61,7 @@ def _row_to_receipt(row: sqlite3.Row) -> Receipt:
 _EXCUSES_WHERE = (
     " WHERE receipt_type='JobStartedReceipt' AND executor_class=? AND is_organic=1"
     " AND job_uuid != ? AND timestamp_unix >= ? AND timestamp_unix <= ? AND timestamp_unix + ttl_s + ? >= ?"
+    " ORDER BY timestamp_unix, rowid"  # the index's own order, which ExcuseIndex keeps too
 )
 
 
@@ -70,8 +77,9 @@ class ReceiptStore:
     # Pages whose append failed after the row committed; repaired by the next rebuild_pages.
     stale_pages: set[int] = field(default_factory=set)
     writer: PageWriter = field(init=False)
-    # job_uuid -> page line of its organic JobStarted receipt (see EXCUSE_LINES_KEPT)
-    _excuse_lines: dict[str, str] = field(default_factory=dict, init=False)
+    # The recent organic JobStarted receipts with their lines (see EXCUSE_LINES_KEPT); loaded on first use.
+    _excuses: ExcuseIndex = field(default_factory=lambda: ExcuseIndex(EXCUSE_LINES_KEPT), init=False)
+    _excuses_loaded: bool = field(default=False, init=False)
     # The longest ttl_s of a stored organic JobStarted receipt (None: not read from SQLite yet); it only
     # grows, so pruning old receipts leaves it an upper bound, which is all `_excuses_args` needs.
     _longest_ttl_s: float | None = field(default=None, init=False)
@@ -159,7 +167,7 @@ class ReceiptStore:
         """Insert the rows in one transaction (committed on return, or none of them); for each,
         (page, line) to publish, or None if it was there."""
         page = page_of(time.time())
-        inserted: list[bool] = []
+        inserted: list[int | None] = []  # the new row's rowid, None if it was there
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for receipt in receipts:
@@ -183,21 +191,26 @@ class ReceiptStore:
                         page,
                     ),
                 )
-                inserted.append(bool(cur.rowcount))
+                inserted.append(cur.lastrowid if cur.rowcount else None)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-        return [self._stored(receipt, page) if new else None for receipt, new in zip(receipts, inserted, strict=True)]
+        return [None if rowid is None else self._stored(receipt, page, rowid)
+                for receipt, rowid in zip(receipts, inserted, strict=True)]
 
-    def _stored(self, receipt: Receipt, page: int) -> tuple[int, str]:
+    def _stored(self, receipt: Receipt, page: int, rowid: int) -> tuple[int, str]:
         """What a committed new row leaves in memory and in the log; its (page, line)."""
         p = receipt.payload
         line = receipt.model_dump_json()
         if isinstance(p, JobStartedReceiptPayload) and p.is_organic:
-            self._keep_excuse_line(str(p.job_uuid), line)
-            if self._longest_ttl_s is not None:
-                self._longest_ttl_s = max(self._longest_ttl_s, p.ttl)
+            if self._longest_ttl_s is not None and p.ttl > self._longest_ttl_s:
+                self._longest_ttl_s = p.ttl
+                self._excuses_loaded = False  # declines now reach further back: read the index again
+            if self._excuses_loaded:
+                self._excuses.add(_enum_text(p.executor_class),
+                                  IndexedExcuse(p.timestamp.timestamp(), rowid, p.ttl, str(p.job_uuid), line))
+                self._excuses.forget_before(self._index_start(time.time()))
         log.info(
             "receipt stored type=%s job=%s validator=%s page=%d",
             _enum_text(p.receipt_type), p.job_uuid, p.validator_hotkey, page,
@@ -210,17 +223,34 @@ class ReceiptStore:
         log.error("receipt page write failed page=%d job=%s error=%r; it is rebuilt from the database "
                   "when space returns", page, receipt.payload.job_uuid, exc.strerror or str(exc))
 
-    def _keep_excuse_line(self, job_uuid: str, line: str) -> None:
-        self._excuse_lines[job_uuid] = line
-        if len(self._excuse_lines) > EXCUSE_LINES_KEPT:
-            del self._excuse_lines[next(iter(self._excuse_lines))]  # the oldest
-
-    def _excuses_args(self, executor_class: str, at_unix: float, exclude_job: str) -> tuple[object, ...]:
+    def _longest_ttl(self) -> float:
         if self._longest_ttl_s is None:
             row = self.conn.execute("SELECT MAX(ttl_s) FROM receipts WHERE receipt_type='JobStartedReceipt'"
                                     " AND is_organic=1").fetchone()
             self._longest_ttl_s = float(row[0] or 0)
-        oldest = at_unix - self._longest_ttl_s - EXCUSE_GRACE_S
+        return self._longest_ttl_s
+
+    def _index_start(self, now: float) -> float:
+        """The oldest timestamp the index keeps rows for."""
+        return now - self._longest_ttl() - EXCUSE_GRACE_S - EXCUSE_INDEX_MARGIN_S
+
+    def _load_excuses(self) -> None:
+        """Fill the index from SQLite: every organic JobStarted row since `_index_start`, or the
+        newest EXCUSE_LINES_KEPT of them (then it covers only what is newer than the last one read)."""
+        since = self._index_start(time.time())
+        rows = self.conn.execute(
+            "SELECT executor_class, timestamp_unix, rowid, ttl_s, job_uuid, payload_json, validator_signature,"
+            " miner_signature FROM receipts WHERE receipt_type='JobStartedReceipt' AND is_organic=1"
+            " AND timestamp_unix > ? ORDER BY timestamp_unix DESC, rowid DESC LIMIT ?",
+            (since, EXCUSE_LINES_KEPT),
+        ).fetchall()
+        complete_after = rows[-1][1] if len(rows) == EXCUSE_LINES_KEPT else since
+        self._excuses.load([(r[0], IndexedExcuse(r[1], r[2], r[3], r[4], _row_to_receipt(r[5:]).model_dump_json()))
+                            for r in rows], complete_after)
+        self._excuses_loaded = True
+
+    def _excuses_args(self, executor_class: str, at_unix: float, exclude_job: str) -> tuple[object, ...]:
+        oldest = at_unix - self._longest_ttl() - EXCUSE_GRACE_S
         return (executor_class, exclude_job, oldest, at_unix, EXCUSE_GRACE_S, at_unix)
 
     def _page_path(self, page: int) -> Path:
@@ -268,24 +298,15 @@ class ReceiptStore:
 
     def excuse_lines(self, executor_class: str, at_unix: float, exclude_job: str) -> list[str]:
         """`excuses` as their page lines (each `Receipt.model_dump_json()`), in the same order,
-        mostly from memory: what a busy decline embeds without parsing every receipt again."""
-        # The same WHERE as `excuses`, so SQLite takes the same index and yields the same order.
-        jobs = self.conn.execute(
-            "SELECT job_uuid FROM receipts" + _EXCUSES_WHERE,
-            self._excuses_args(executor_class, at_unix, exclude_job),
-        ).fetchall()
-        lines = []
-        for (job_uuid,) in jobs:
-            line = self._excuse_lines.get(job_uuid)
-            if line is None:  # kept before a restart, or evicted from memory
-                row = self.conn.execute(
-                    "SELECT payload_json, validator_signature, miner_signature FROM receipts"
-                    " WHERE receipt_type='JobStartedReceipt' AND job_uuid=?", (job_uuid,),
-                ).fetchone()
-                line = _row_to_receipt(row).model_dump_json()
-                self._keep_excuse_line(job_uuid, line)
-            lines.append(line)
-        return lines
+        from memory when the index covers the time: what a busy decline embeds without a query
+        and without parsing every receipt again."""
+        if not self._excuses_loaded:
+            self._load_excuses()
+        args = self._excuses_args(executor_class, at_unix, exclude_job)
+        lines = self._excuses.lines(executor_class, args[2], at_unix, EXCUSE_GRACE_S, exclude_job)
+        if lines is not None:
+            return lines
+        return [r.model_dump_json() for r in self.excuses(executor_class, at_unix, exclude_job)]
 
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]

@@ -96,8 +96,8 @@ def test_excuse_lines_are_the_excuses_json_in_the_same_order_from_memory_or_disk
     expected = [r.model_dump_json() for r in store.excuses(CLASS, at, str(mine.job_uuid))]
     assert len(expected) == 4
     assert store.excuse_lines(CLASS, at, str(mine.job_uuid)) == expected
-    store._excuse_lines.clear()  # as after a restart: read back from SQLite
-    assert store.excuse_lines(CLASS, at, str(mine.job_uuid)) == expected
+    restarted = _store(tmp_path)  # a new process on the same files: the index is read back from SQLite
+    assert restarted.excuse_lines(CLASS, at, str(mine.job_uuid)) == expected
     excluded = str(store.excuses(CLASS, at, "")[0].payload.job_uuid)
     assert store.excuse_lines(CLASS, at, excluded) == [r.model_dump_json() for r in store.excuses(CLASS, at, excluded)]
 
