@@ -32,8 +32,8 @@ _EMPTY_RECEIPTS = '"receipts":[]'
 
 class SplicedText(str):
     """A message text that also keeps how it was put together: `head` and `tail` belong to this
-    message alone; each of `blocks` (excuse lines, each written with a leading comma) recurs in
-    other messages as it is. head + the blocks + tail is the text."""
+    message alone; each of `blocks` (excuse lines, comma-joined, with a leading comma unless it is
+    the first) recurs in other messages as it is. head + the blocks + tail is the text."""
 
     head: str
     blocks: tuple[tuple[str, ...], ...]
@@ -44,8 +44,9 @@ class SplicedText(str):
         spliced.head, spliced.blocks, spliced.tail = head, blocks, tail
         return spliced
 
-    def block_text(self, block: tuple[str, ...]) -> str:
-        return "," + ",".join(block)
+    @staticmethod
+    def block_text(block: tuple[str, ...], first: bool) -> str:
+        return ",".join(block) if first else "," + ",".join(block)
 
 
 def excuse_blocks(lines: Sequence[str]) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -66,8 +67,8 @@ def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> 
     """The decline's JSON with `receipt_lines` as its `receipts`, byte for byte what pydantic
     writes for the same Receipt objects (a list of their compact JSON, comma-joined), without
     serialising each excuse again: in a burst of busy declines that cost grew as n². With excuses
-    it is a `SplicedText`: the head up to and with the first line, the blocks of the other lines,
-    and the rest.
+    it is a `SplicedText`: the head up to the list's bracket, the blocks of the lines, and the
+    lines after the last block with the rest.
 
     `decline` comes without receipts. Inside a JSON string a quote is escaped, so the empty list's
     key can only appear once, as the key; anything else falls back to pydantic."""
@@ -78,8 +79,8 @@ def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> 
         receipts = [Receipt.model_validate_json(line) for line in receipt_lines]
         return decline.model_copy(update={"receipts": [*decline.receipts, *receipts]}).model_dump_json()
     before, after = text.split(_EMPTY_RECEIPTS)
-    head = before + '"receipts":[' + receipt_lines[0]
-    blocks, rest = excuse_blocks(receipt_lines[1:])
-    tail = "".join("," + line for line in rest) + "]" + after
+    head = before + '"receipts":['
+    blocks, rest = excuse_blocks(receipt_lines)
+    tail = ("," if blocks and rest else "") + ",".join(rest) + "]" + after
     whole = before + '"receipts":[' + ",".join(receipt_lines) + "]" + after
     return SplicedText(whole, head, tuple(blocks), tail)

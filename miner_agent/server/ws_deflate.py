@@ -51,6 +51,7 @@ from miner_agent.jobs.decline import SplicedText
 CONTROL_OPCODE_MIN = 8  # RFC 6455 §5.5: opcodes 8-15 are control frames, never compressed
 COMPRESSED_RSV = 0x40  # RSV1: this message is compressed (RFC 7692 §6)
 DEFLATE_TRAILER = b"\x00\x00\xff\xff"  # removed from each message's end (RFC 7692 §7.2.1)
+STORED_BLOCK_MAX_BYTES = 65535  # a stored block's LEN is 16 bits (RFC 1951 §3.2.4)
 LEVEL = 1  # zlib's fastest level, what aiohttp uses: the CPU per busy decline matters more than bytes
 MEM_LEVEL = 8  # zlib's default; smaller levels measured slower on decline JSON for no real memory gain here
 # At or above this many bytes a message is compressed on the deflate thread, below on the loop. Not
@@ -69,7 +70,7 @@ _pool: ThreadPoolExecutor | None = None
 _loop_compressors = threading.local()  # window bits -> the compressor messages on this thread share
 # (window bits, a block's lines) -> its compressed bytes. Keyed by the line objects, not the block's
 # text: hashing and comparing kilobytes per block per decline cost more than compressing them.
-_shared_segments: dict[tuple[int, tuple[str, ...]], bytes] = {}
+_shared_segments: dict[tuple[int, bool, tuple[str, ...]], bytes] = {}  # (.., first in its list?, ..)
 
 
 def deflate_message(payload: bytes, window_bits: int) -> bytes:
@@ -102,16 +103,27 @@ def deflate_on_loop(payload: bytes, window_bits: int) -> bytes:
     return _full_flushed(payload, window_bits).removesuffix(DEFLATE_TRAILER)
 
 
+def stored_block(data: bytes) -> bytes:
+    """`data` as deflate stored blocks (RFC 1951 §3.2.4), at a byte boundary, not final: no
+    compression and none of its per-block cost (~10 us building Huffman trees), for a few hundred
+    bytes that would hardly shrink."""
+    out = []
+    for i in range(0, len(data), STORED_BLOCK_MAX_BYTES):
+        chunk = data[i:i + STORED_BLOCK_MAX_BYTES]
+        out.append(b"\x00" + struct.pack("<HH", len(chunk), len(chunk) ^ 0xFFFF) + chunk)
+    return b"".join(out)
+
+
 def deflate_spliced(text: SplicedText, window_bits: int) -> list[bytes]:
-    """The compressed message of `text`, as segments to be sent one after another: the head's,
-    each block's (from `_shared_segments` when it was compressed before), and the tail's, with the
-    message's trailer removed (RFC 7692 §7.2.1)."""
-    segments = [_full_flushed(text.head.encode("utf-8"), window_bits)]
-    for block in text.blocks:
-        key = (window_bits, block)
+    """The compressed message of `text`, as segments to be sent one after another: the head's
+    (stored: a few hundred bytes), each block's (from `_shared_segments` when it was compressed
+    before), and the tail's, with the message's trailer removed (RFC 7692 §7.2.1)."""
+    segments = [stored_block(text.head.encode("utf-8"))]
+    for n, block in enumerate(text.blocks):
+        key = (window_bits, n == 0, block)
         segment = _shared_segments.pop(key, None)  # popped and put back: the dict's end is the newest
         if segment is None:
-            segment = _full_flushed(text.block_text(block).encode("utf-8"), window_bits)
+            segment = _full_flushed(text.block_text(block, n == 0).encode("utf-8"), window_bits)
             if len(_shared_segments) >= SHARED_SEGMENTS_KEPT:
                 del _shared_segments[next(iter(_shared_segments))]
         _shared_segments[key] = segment

@@ -38,11 +38,11 @@ def test_the_spliced_decline_is_the_text_pydantic_writes() -> None:
     lines = _lines(60)
     text = decline_json(DECLINE, lines)
     assert isinstance(text, SplicedText)
-    assert text.head + "".join(text.block_text(b) for b in text.blocks) + text.tail == text
+    assert text.head + "".join(text.block_text(b, n == 0) for n, b in enumerate(text.blocks)) + text.tail == text
     # pydantic, given the same receipts: the lines here are not receipts, so compare the structure
     expected = DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
     assert text == expected
-    assert len(text.blocks) >= 2 and text.head.endswith(lines[0])
+    assert len(text.blocks) >= 2 and text.head.endswith('"receipts":[') and text.blocks[0][0] == lines[0]
 
 
 def test_a_real_receipt_list_round_trips_through_pydantic() -> None:
@@ -96,3 +96,20 @@ def test_the_kept_segments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         text = decline_json(DECLINE, _lines(80, seed))
         assert _inflate(b"".join(deflate_spliced(text, 15))) == text
     assert len(ws_deflate._shared_segments) == 5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+def test_short_excuse_lists_splice_and_decode(n: int) -> None:
+    """However the few lines fall (no block, a block and no rest, blocks and a rest)."""
+    for seed in range(20):
+        lines = _lines(n, seed)
+        text = decline_json(DECLINE, lines)
+        assert text == DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
+        assert _inflate(b"".join(deflate_spliced(text, 15))) == text
+
+
+def test_stored_blocks_carry_any_length() -> None:
+    data = bytes(random.Random(3).getrandbits(8) for _ in range(70_000))
+    for chunk in (b"", b"x", data[:65_535], data):
+        stream = ws_deflate.stored_block(chunk) + zlib.compressobj(1, zlib.DEFLATED, -15).flush(zlib.Z_SYNC_FLUSH)
+        assert zlib.decompressobj(-15).decompress(stream) == chunk
