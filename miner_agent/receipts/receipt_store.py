@@ -211,10 +211,11 @@ class ReceiptStore:
                 self._excuses.add(_enum_text(p.executor_class),
                                   IndexedExcuse(p.timestamp.timestamp(), rowid, p.ttl, str(p.job_uuid), line))
                 self._excuses.forget_before(self._index_start(time.time()))
-        log.info(
-            "receipt stored type=%s job=%s validator=%s page=%d",
-            _enum_text(p.receipt_type), p.job_uuid, p.validator_hotkey, page,
-        )
+        # A JobStarted receipt comes with an offer, whose "job accepted" / "job declined" line follows
+        # at once: at INFO it doubled the lines of a burst (200 for 100 offers, ~5 ms of its p99).
+        level = logging.DEBUG if isinstance(p, JobStartedReceiptPayload) else logging.INFO
+        log.log(level, "receipt stored type=%s job=%s validator=%s page=%d",
+                _enum_text(p.receipt_type), p.job_uuid, p.validator_hotkey, page)
         return page, line
 
     def _append_failed(self, page: int, receipt: Receipt, exc: OSError) -> None:
