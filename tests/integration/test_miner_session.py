@@ -146,6 +146,26 @@ async def test_offer_without_free_executor_is_declined_busy_but_receipt_kept(min
                        reply2.message.receipts[0].miner_signature)
 
 
+async def test_the_same_offer_twice_at_once_is_judged_one_after_the_other(miner_config, start_miner,
+                                                                          validator_key) -> None:
+    """Sent at once on two sockets of the validator: both are answered (the second waits for the
+    first's receipt to be durable), and the receipt is stored and published once."""
+    agent = await start_miner(miner_config)
+    sim = sim_for(agent, validator_key)
+    initial = sim.initial_request("always_on.test", "localhost/none:latest")
+    async with await sim.connect() as one, await sim.connect() as two:
+        for session in (one, two):
+            await session.recv_until(V0ExecutorManifestRequest)
+        await asyncio.gather(one.send(initial), two.send(initial))
+        replies = await asyncio.gather(*(s.recv_until(V0AcceptJobRequest, V0DeclineJobRequest, GenericError,
+                                                       timeout_s=7) for s in (one, two)))
+    assert [(r.type, r.message.reason) for r in replies] == [("V0DeclineJobRequest", "busy")] * 2
+    assert [r.message.receipts for r in replies] == [[], []]  # its own receipt is no excuse for itself
+    _, lines = await _page_lines(agent.port)
+    assert [str(r.payload.job_uuid) for r in lines] == [str(initial.job_uuid)]
+    assert agent.ctx.receipts.count() == 1 and agent.ctx.service._offers_in_flight == {}
+
+
 async def test_receipt_with_bad_signature_is_declined_and_not_stored(miner_config, start_miner, validator_key) -> None:
     agent = await start_miner(miner_config)
     sim = sim_for(agent, validator_key)
