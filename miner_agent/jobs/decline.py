@@ -2,7 +2,7 @@
 
 In a burst of offers to a busy class every decline hands over nearly the same excuses (each
 stored JobStarted receipt of the class, protocol.md §5.3), so one decline is mostly the previous
-one plus a receipt. The text is the same as pydantic's; it also keeps its pieces (`SplicedText`):
+one plus a receipt. The text is the same as pydantic's, kept in pieces (`SplicedText`):
 the per-message head and tail, and between them blocks of excuse lines that the next declines
 repeat verbatim, which the websocket writer compresses once and reuses (ws_deflate.py) instead of
 compressing 30-60 KB per decline.
@@ -16,6 +16,7 @@ the blocks after it stay the same strings.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from horde_protocol.messages import V0DeclineJobRequest
 from horde_protocol.receipts import Receipt
@@ -30,23 +31,23 @@ EXCUSE_BLOCK_MAX_LINES = 32  # a run of lines without a boundary ends here, so n
 _EMPTY_RECEIPTS = '"receipts":[]'
 
 
-class SplicedText(str):
-    """A message text that also keeps how it was put together: `head` and `tail` belong to this
-    message alone; each of `blocks` (excuse lines, comma-joined, with a leading comma unless it is
-    the first) recurs in other messages as it is. head + the blocks + tail is the text."""
+@dataclass(frozen=True)
+class SplicedText:
+    """A message text kept as how it is put together: `head` and `tail` belong to this message
+    alone; each of `blocks` (excuse lines, comma-joined, with a leading comma unless it is the
+    first) recurs in other messages as it is. `str()` joins them into the text, which a socket with
+    permessage-deflate never needs: its writer compresses the pieces (ws_deflate.py)."""
 
     head: str
     blocks: tuple[tuple[str, ...], ...]
     tail: str
 
-    def __new__(cls, text: str, head: str, blocks: tuple[tuple[str, ...], ...], tail: str) -> SplicedText:
-        spliced = super().__new__(cls, text)
-        spliced.head, spliced.blocks, spliced.tail = head, blocks, tail
-        return spliced
-
     @staticmethod
     def block_text(block: tuple[str, ...], first: bool) -> str:
         return ",".join(block) if first else "," + ",".join(block)
+
+    def __str__(self) -> str:
+        return self.head + "".join(self.block_text(b, n == 0) for n, b in enumerate(self.blocks)) + self.tail
 
 
 def excuse_blocks(lines: Sequence[str]) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -63,7 +64,7 @@ def excuse_blocks(lines: Sequence[str]) -> tuple[list[tuple[str, ...]], list[str
     return blocks, list(lines[start:])
 
 
-def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> str:
+def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> str | SplicedText:
     """The decline's JSON with `receipt_lines` as its `receipts`, byte for byte what pydantic
     writes for the same Receipt objects (a list of their compact JSON, comma-joined), without
     serialising each excuse again: in a burst of busy declines that cost grew as n². With excuses
@@ -82,5 +83,4 @@ def decline_json(decline: V0DeclineJobRequest, receipt_lines: Sequence[str]) -> 
     head = before + '"receipts":['
     blocks, rest = excuse_blocks(receipt_lines)
     tail = ("," if blocks and rest else "") + ",".join(rest) + "]" + after
-    whole = before + '"receipts":[' + ",".join(receipt_lines) + "]" + after
-    return SplicedText(whole, head, tuple(blocks), tail)
+    return SplicedText(head, tuple(blocks), tail)

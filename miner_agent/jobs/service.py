@@ -36,7 +36,7 @@ from horde_protocol.messages import (
 )
 from miner_agent.fleet.connection import LinkDown
 from miner_agent.fleet.pool import Fleet
-from miner_agent.jobs.decline import decline_json
+from miner_agent.jobs.decline import SplicedText, decline_json
 from miner_agent.jobs.job_store import JobSnapshot, JobStore
 from miner_agent.jobs.machine import (
     Action,
@@ -64,7 +64,7 @@ class ValidatorSink(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    async def send_text(self, text: str) -> bool: ...
+    async def send_text(self, text: str | SplicedText) -> bool: ...
 
 
 @dataclass

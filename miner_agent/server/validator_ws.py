@@ -31,6 +31,7 @@ from horde_protocol.messages import (
     malformed_details,
     parse_validator_frame,
 )
+from miner_agent.jobs.decline import SplicedText
 from miner_agent.jobs.service import STORAGE_ERRORS
 from miner_agent.keys import verify
 from miner_agent.protocol.auth import check_auth, refusal_details
@@ -58,7 +59,7 @@ class Session:
     def closed(self) -> bool:
         return self.ws.closed
 
-    async def send_text(self, text: str) -> bool:
+    async def send_text(self, text: str | SplicedText) -> bool:
         if self.ws.closed:
             return False
         try:

@@ -145,7 +145,7 @@ class PerMessageDeflateWriter(WebSocketWriter):
     async def send_frame(self, message: bytes | SplicedText, opcode: int, compress: int | None = None) -> None:
         if opcode >= CONTROL_OPCODE_MIN or not self.compress:
             if isinstance(message, SplicedText):
-                message = message.encode("utf-8")
+                message = str(message).encode("utf-8")
             await super().send_frame(message, opcode, compress)
             return
         if self._closing:
@@ -192,11 +192,13 @@ class PerMessageDeflateWriter(WebSocketWriter):
 class StatelessDeflateResponse(web.WebSocketResponse):
     """A WebSocketResponse that negotiates permessage-deflate with server_no_context_takeover."""
 
-    async def send_str(self, data: str, compress: int | None = None) -> None:
-        """aiohttp's, except that a `SplicedText` reaches the writer whole, with its pieces."""
-        if isinstance(data, SplicedText) and isinstance(self._writer, PerMessageDeflateWriter):
-            await self._writer.send_frame(data, WSMsgType.TEXT, compress)
-            return
+    async def send_str(self, data: str | SplicedText, compress: int | None = None) -> None:  # type: ignore[override]
+        """aiohttp's, and a `SplicedText`: to our writer as it is, with its pieces, or joined."""
+        if isinstance(data, SplicedText):
+            if isinstance(self._writer, PerMessageDeflateWriter):
+                await self._writer.send_frame(data, WSMsgType.TEXT, compress)
+                return
+            data = str(data)
         await super().send_str(data, compress)
 
     def _handshake(self, request: BaseRequest) -> tuple[CIMultiDict[str], str | None, int, bool]:

@@ -38,10 +38,10 @@ def test_the_spliced_decline_is_the_text_pydantic_writes() -> None:
     lines = _lines(60)
     text = decline_json(DECLINE, lines)
     assert isinstance(text, SplicedText)
-    assert text.head + "".join(text.block_text(b, n == 0) for n, b in enumerate(text.blocks)) + text.tail == text
+    assert text.head + "".join(text.block_text(b, n == 0) for n, b in enumerate(text.blocks)) + text.tail == str(text)
     # pydantic, given the same receipts: the lines here are not receipts, so compare the structure
     expected = DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
-    assert text == expected
+    assert str(text) == expected
     assert len(text.blocks) >= 2 and text.head.endswith('"receipts":[') and text.blocks[0][0] == lines[0]
 
 
@@ -52,8 +52,8 @@ def test_a_real_receipt_list_round_trips_through_pydantic() -> None:
         receipts.append(Receipt(payload=payload, validator_signature=signature,
                                 miner_signature=sign_blob(MINER, receipt_blob(payload))))
     text = decline_json(DECLINE, [r.model_dump_json() for r in receipts])
-    assert text == DECLINE.model_copy(update={"receipts": receipts}).model_dump_json()
-    assert V0DeclineJobRequest.model_validate_json(text).receipts == receipts
+    assert str(text) == DECLINE.model_copy(update={"receipts": receipts}).model_dump_json()
+    assert V0DeclineJobRequest.model_validate_json(str(text)).receipts == receipts
 
 
 def test_blocks_do_not_move_when_a_line_leaves_the_front_or_the_middle() -> None:
@@ -80,11 +80,11 @@ def test_a_burst_of_declines_compresses_each_shared_block_once_and_decodes_whole
     for n in range(2, 121):
         text = decline_json(DECLINE, lines[:n])
         compressed.clear()
-        assert _inflate(b"".join(deflate_spliced(text, window_bits)), window_bits) == text
+        assert _inflate(b"".join(deflate_spliced(text, window_bits)), window_bits) == str(text)
         if n > 60:  # the earlier blocks all came before: the head, the tail and at most one new block
             assert len(compressed) <= 3
             assert compressed[-1] <= (decline_mod.EXCUSE_BLOCK_MAX_LINES + 1) * len(lines[0])
-            fresh, whole = fresh + sum(compressed), whole + len(text)
+            fresh, whole = fresh + sum(compressed), whole + len(str(text))
     assert fresh < whole / 5  # where the cuts fall depends on the process's string hashes
     assert len(ws_deflate._shared_segments) == len(excuse_blocks(lines[1:])[0])
 
@@ -94,7 +94,7 @@ def test_the_kept_segments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ws_deflate, "SHARED_SEGMENTS_KEPT", 5)
     for seed in range(10):
         text = decline_json(DECLINE, _lines(80, seed))
-        assert _inflate(b"".join(deflate_spliced(text, 15))) == text
+        assert _inflate(b"".join(deflate_spliced(text, 15))) == str(text)
     assert len(ws_deflate._shared_segments) == 5
 
 
@@ -104,8 +104,8 @@ def test_short_excuse_lists_splice_and_decode(n: int) -> None:
     for seed in range(20):
         lines = _lines(n, seed)
         text = decline_json(DECLINE, lines)
-        assert text == DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
-        assert _inflate(b"".join(deflate_spliced(text, 15))) == text
+        assert str(text) == DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
+        assert _inflate(b"".join(deflate_spliced(text, 15))) == str(text)
 
 
 def test_stored_blocks_carry_any_length() -> None:
