@@ -18,8 +18,8 @@ as no message refers back to another, a send cancelled mid-way leaves nothing to
 A `SplicedText` (a busy decline, miner_agent/jobs/decline.py) is compressed piece by piece, each
 piece ended by a full flush, so each piece's compressed bytes stand on their own and can be put
 side by side into one message: the deflate stream of the whole text, as a decoder reads it. The
-recurring pieces are compressed once and kept (`SHARED_SEGMENTS_KEPT`), so a decline in a burst
-compresses only its own head and tail.
+recurring blocks are compressed once and kept (`SHARED_SEGMENTS_KEPT`), the head goes as a stored
+block, so a decline in a burst compresses only its tail.
 
 This leans on aiohttp internals (WebSocketResponse._handshake and _pre_start, WebSocketWriter's
 send lock, frame writer and flow control; aiohttp 3.14, pinned by the lock file): an upgrade that
