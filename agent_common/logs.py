@@ -95,7 +95,7 @@ class CoalescingHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
-        self._scheduled = False
+        self._flush_on: object = None  # the loop a flush is set on; a loop that ended never runs it
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -108,13 +108,13 @@ class CoalescingHandler(logging.StreamHandler):
             self._pending.append(line)
             if loop is None:
                 self._write_pending()
-            elif not self._scheduled:
-                self._scheduled = True
+            elif self._flush_on is not loop:
+                self._flush_on = loop
                 loop.call_later(LOG_COALESCE_S, self.flush)
 
     def flush(self) -> None:
         with self.lock:
-            self._scheduled = False
+            self._flush_on = None
             self._write_pending()
 
     def _write_pending(self) -> None:

@@ -193,7 +193,8 @@ class ReceiptStore:
                 )
                 inserted.append(cur.lastrowid if cur.rowcount else None)
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
         return [None if rowid is None else self._stored(receipt, page, rowid)

@@ -117,5 +117,13 @@ def test_without_a_running_loop_each_line_is_written_and_flush_writes_what_is_le
     loop = asyncio.new_event_loop()
     loop.run_until_complete(one_turn())
     loop.close()
-    logging.getLogger(log.name).handlers[0].flush()  # what logging.shutdown does at exit
-    assert stream.getvalue().endswith("logged, then the loop ends before its next turn\n")
+
+    async def next_loop() -> None:  # a later asyncio.run in the same process: its lines are not stuck
+        log.info("from the next loop")
+        await asyncio.sleep(LOG_COALESCE_S * 2)
+
+    asyncio.run(next_loop())
+    assert stream.getvalue().endswith("logged, then the loop ends before its next turn\n"
+                                      f"<6>{log.name}: from the next loop\n")
+    log.handlers[0].flush()  # what logging.shutdown does at exit: nothing was left
+    assert stream.getvalue().count("\n") == 3
