@@ -168,7 +168,9 @@ class ReceiptStore:
         (page, line) to publish, or None if it was there."""
         page = page_of(time.time())
         inserted: list[int | None] = []  # the new row's rowid, None if it was there
-        self.conn.execute("BEGIN IMMEDIATE")
+        alone = len(receipts) == 1  # one statement is its own transaction (autocommit): no BEGIN/COMMIT
+        if not alone:
+            self.conn.execute("BEGIN IMMEDIATE")
         try:
             for receipt in receipts:
                 p = receipt.payload
@@ -196,7 +198,8 @@ class ReceiptStore:
             if self.conn.in_transaction:  # SQLite ends it itself on some errors (a full disk)
                 self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        if not alone:
+            self.conn.execute("COMMIT")
         return [None if rowid is None else self._stored(receipt, page, rowid)
                 for receipt, rowid in zip(receipts, inserted, strict=True)]
 
