@@ -65,7 +65,7 @@ def _spliced_declines(rnd: random.Random, alphabet: str) -> list[SplicedText]:
     decline = V0DeclineJobRequest(job_uuid="7b3e2a0c-4a55-4c1e-9d0e-0d4c8f1b2a6e", reason=JobRejectionReason.BUSY,
                                   message="all executors of the class are busy")
     declines = [decline_json(decline, lines[:n]) for n in (40, 41, 70)]
-    assert all(isinstance(d, SplicedText) and len(d.blocks) >= 2 for d in declines)
+    assert all(isinstance(d, SplicedText) and d.blocks for d in declines)  # >= 32 lines: a block at least
     return declines
 
 

@@ -42,7 +42,7 @@ def test_the_spliced_decline_is_the_text_pydantic_writes() -> None:
     # pydantic, given the same receipts: the lines here are not receipts, so compare the structure
     expected = DECLINE.model_dump_json().replace('"receipts":[]', '"receipts":[' + ",".join(lines) + "]")
     assert str(text) == expected
-    assert len(text.blocks) >= 2 and text.head.endswith('"receipts":[') and text.blocks[0][0] == lines[0]
+    assert len(text.blocks) >= 1 and text.head.endswith('"receipts":[') and text.blocks[0][0] == lines[0]
 
 
 def test_a_real_receipt_list_round_trips_through_pydantic() -> None:
@@ -56,16 +56,24 @@ def test_a_real_receipt_list_round_trips_through_pydantic() -> None:
     assert V0DeclineJobRequest.model_validate_json(str(text)).receipts == receipts
 
 
+def _after_next_content_cut(blocks: list[tuple[str, ...]], lines: list[str], index: int) -> list[tuple[str, ...]]:
+    """The blocks that start after the first line past `index` whose hash makes a cut."""
+    cut = next(line for line in lines[index + 1:] if hash(line) % decline_mod.EXCUSE_BLOCK_MEAN_LINES == 0)
+    ends = [b[-1] for b in blocks]
+    return blocks[ends.index(cut) + 1:]
+
+
 def test_blocks_do_not_move_when_a_line_leaves_the_front_or_the_middle() -> None:
-    lines = _lines(200)
+    """Wherever the cuts fall (they depend on the process's string hashes), every block from the
+    first content cut after the removed line on is the same tuple as before."""
+    lines = _lines(300)
     blocks, _ = excuse_blocks(lines)
-    assert len(blocks) >= 10
-    without_front, _ = excuse_blocks(lines[1:])
-    without_middle, _ = excuse_blocks(lines[:100] + lines[101:])
-    # all but the block that held the line (and, after a forced cut at the maximum, its neighbour)
-    assert len(set(blocks) - set(without_front)) <= 2
-    assert len(set(blocks) - set(without_middle)) <= 2
+    assert len(blocks) >= len(lines) // decline_mod.EXCUSE_BLOCK_MAX_LINES
     assert all(len(b) <= decline_mod.EXCUSE_BLOCK_MAX_LINES for b in blocks)
+    for removed in (0, 100):
+        shorter = lines[:removed] + lines[removed + 1:]
+        kept = _after_next_content_cut(blocks, lines, removed)
+        assert kept and excuse_blocks(shorter)[0][-len(kept):] == kept
 
 
 @pytest.mark.parametrize("window_bits", [15, 9])
@@ -85,7 +93,7 @@ def test_a_burst_of_declines_compresses_each_shared_block_once_and_decodes_whole
             assert len(compressed) <= 1
             fresh, whole = fresh + sum(compressed), whole + len(str(text))
     assert fresh < whole / 5  # where the cuts fall depends on the process's string hashes
-    assert len(ws_deflate._shared_segments) == len(excuse_blocks(lines[1:])[0])
+    assert len(ws_deflate._shared_segments) == len(excuse_blocks(lines)[0])
 
 
 def test_the_kept_segments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
