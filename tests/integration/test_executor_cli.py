@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.imports import NOT_FOR_AN_EXECUTOR_AGENT, dump_on_exit_script, top_level_packages
+
 pytestmark = pytest.mark.podman
 
 
@@ -87,14 +89,6 @@ async def test_bad_config_is_one_line(tmp_path) -> None:
         assert code == 2 and "slots" in err and "Traceback" not in err, (command, err)
 
 
-_SERVE_AND_DUMP_MODULES = """
-import atexit, json, sys
-atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modules))))
-from executor_agent.cli import main
-sys.exit(main(["serve", "--config", sys.argv[2]]))
-"""
-
-
 async def test_an_idle_agent_serves_metrics_without_loading_aiohttp(tmp_path, podman_socket) -> None:
     """`executor-agent serve`, started, scraped and stopped: aiohttp (~13 MiB resident) comes with the
     first job's download or upload, not before (issue 14: idle RSS < 60 MiB)."""
@@ -102,7 +96,8 @@ async def test_an_idle_agent_serves_metrics_without_loading_aiohttp(tmp_path, po
 
     cfg = _config(tmp_path, podman_socket, "[metrics]\nport = 0\n")  # any free port; the log names it
     dump = tmp_path / "modules.json"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _SERVE_AND_DUMP_MODULES, str(dump), str(cfg),
+    script = dump_on_exit_script("executor_agent.cli", "serve")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(dump), str(cfg),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     seen: list[str] = []
     try:
@@ -119,5 +114,5 @@ async def test_an_idle_agent_serves_metrics_without_loading_aiohttp(tmp_path, po
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, "".join(seen)
-    loaded = {name.split(".")[0] for name in json.loads(dump.read_text())}
-    assert "podman" in loaded and "aiohttp" not in loaded, "".join(seen)
+    loaded = top_level_packages(dump)
+    assert "podman" in loaded and loaded & NOT_FOR_AN_EXECUTOR_AGENT == set(), "".join(seen)

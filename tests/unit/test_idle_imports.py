@@ -20,29 +20,16 @@ import time
 from pathlib import Path
 
 from miner_agent.miner_config import MinerConfig
+from tests.fixtures.imports import (
+    NOT_FOR_A_LOCAL_STATIC_MINER,
+    NOT_FOR_AN_EXECUTOR_AGENT,
+    dump_on_exit_script,
+    top_level_packages,
+)
 from tests.fixtures.miner import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
-# Top-level packages an agent in the plain mode must not import.
-NOT_FOR_A_LOCAL_STATIC_MINER = {"asyncssh", "bittensor", "web3", "eth_account", "podman", "cryptography"}
-# aiohttp: an idle agent serves /metrics with asyncio alone; the downloaders and the uploader load it per job.
-NOT_FOR_AN_EXECUTOR_AGENT = {"asyncssh", "bittensor", "bittensor_wallet", "web3", "eth_account", "cryptography",
-                             "miner_agent", "aiohttp"}
-
-# Runs the CLI in-process and writes sys.modules when the daemon has exited (SIGTERM's clean stop).
-_DUMP_ON_EXIT = """
-import atexit, json, sys
-out = sys.argv[1]
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
-from miner_agent.commands.main import main
-sys.exit(main(["run", "--config", sys.argv[2]]))
-"""
-
-
-def _roots(modules: list[str]) -> set[str]:
-    return {name.split(".")[0] for name in modules}
-
 
 def test_a_local_static_miner_runs_without_ssh_chain_or_collateral_libraries(
         tmp_path: Path, miner_config: MinerConfig) -> None:
@@ -50,7 +37,8 @@ def test_a_local_static_miner_runs_without_ssh_chain_or_collateral_libraries(
     # No metrics listener: its fixed default port may be taken by another test run on this machine.
     config.write_text(config.read_text().replace("[miner]\n", "[miner]\nmetrics_enabled = false\n", 1))
     dump = tmp_path / "modules.json"
-    proc = subprocess.Popen([sys.executable, "-c", _DUMP_ON_EXIT, str(dump), str(config)], cwd=ROOT,
+    script = dump_on_exit_script("miner_agent.commands.main", "run")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(dump), str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -67,7 +55,7 @@ def test_a_local_static_miner_runs_without_ssh_chain_or_collateral_libraries(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, output
-    loaded = _roots(json.loads(dump.read_text()))
+    loaded = top_level_packages(dump)
     assert "aiohttp" in loaded  # the dump is of a daemon that served
     assert loaded & NOT_FOR_A_LOCAL_STATIC_MINER == set(), output
 
@@ -80,6 +68,6 @@ def test_the_executor_agent_serve_path_imports_no_miner_or_signing_libraries() -
             "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=START_TIMEOUT_S).stdout
-    loaded = _roots(json.loads(out))
+    loaded = {name.split(".")[0] for name in json.loads(out)}
     assert "podman" in loaded
     assert loaded & NOT_FOR_AN_EXECUTOR_AGENT == set()
