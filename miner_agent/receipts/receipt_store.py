@@ -254,9 +254,12 @@ class ReceiptStore:
                             for r in rows], complete_after)
         self._excuses_loaded = True
 
+    def _oldest_excuse(self, at_unix: float) -> float:
+        """No receipt stamped before this can still be valid at `at_unix`."""
+        return at_unix - self._longest_ttl() - EXCUSE_GRACE_S
+
     def _excuses_args(self, executor_class: str, at_unix: float, exclude_job: str) -> tuple[object, ...]:
-        oldest = at_unix - self._longest_ttl() - EXCUSE_GRACE_S
-        return (executor_class, exclude_job, oldest, at_unix, EXCUSE_GRACE_S, at_unix)
+        return (executor_class, exclude_job, self._oldest_excuse(at_unix), at_unix, EXCUSE_GRACE_S, at_unix)
 
     def _page_path(self, page: int) -> Path:
         return self.writer.path(page)
@@ -307,8 +310,8 @@ class ReceiptStore:
         and without parsing every receipt again."""
         if not self._excuses_loaded:
             self._load_excuses()
-        args = self._excuses_args(executor_class, at_unix, exclude_job)
-        lines = self._excuses.lines(executor_class, args[2], at_unix, EXCUSE_GRACE_S, exclude_job)
+        lines = self._excuses.lines(executor_class, self._oldest_excuse(at_unix), at_unix, EXCUSE_GRACE_S,
+                                    exclude_job)
         if lines is not None:
             return lines
         return [r.model_dump_json() for r in self.excuses(executor_class, at_unix, exclude_job)]

@@ -157,7 +157,7 @@ class PerMessageDeflateWriter(WebSocketWriter):
             raise ClientConnectionResetError("Cannot write to closing transport")
         async with self._send_lock:  # in order: a small message does not overtake a large one
             data: bytes | list[bytes]
-            if isinstance(message, SplicedText):  # only the head and tail are new: on the loop
+            if isinstance(message, SplicedText):  # at most a block it is the first to use: on the loop
                 data = deflate_spliced(message, self.compress)
             elif len(message) < OFF_LOOP_MIN_BYTES:
                 data = deflate_on_loop(message, self.compress)  # nothing between compress and flush
